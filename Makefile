@@ -1,0 +1,33 @@
+# Two commands are the contract: `make demo` and `make test`. Both create .venv when it is missing.
+#
+# torch is installed first, on its own, so that the build is yours to choose:
+#   make test TORCH_SPEC="torch==2.13.0"          # default: the CPU build this project is tested with
+#   make test TORCH_SPEC="torch>=2.3" PIP_ARGS="--index-url <your wheel index>"   # e.g. a CUDA build
+#   make test TORCH_SPEC=                          # keep whatever torch the venv already has
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= dev
+PIP_ARGS   ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.edgewatch-installed
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(strip $(TORCH_SPEC)),$(BIN)/python -m pip install --quiet $(PIP_ARGS) "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/digits_gd_sharpness.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

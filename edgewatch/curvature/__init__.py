@@ -1,0 +1,39 @@
+"""Curvature: linear operators over a model's parameters (H v) and the solvers that read them."""
+
+# operators
+from edgewatch.curvature._base import (
+    CurvatureOperator,
+    LinearOperator,
+    MatrixOperator,
+    as_scipy_operator,
+)
+from edgewatch.curvature.hessian import HVP_METHODS, HessianOperator
+from edgewatch.curvature.hvp import GradientGraph, hvp_double_backward, hvp_forward_over_reverse
+
+# solvers
+from edgewatch.curvature.density import SpectralDensity, spectral_density
+from edgewatch.curvature.lanczos import EigenResult, lanczos
+from edgewatch.curvature.power import power_iteration
+from edgewatch.curvature.trace import TraceResult, hutchinson_trace, hutchpp_trace
+
+__all__ = [
+    # operators
+    "CurvatureOperator",
+    "GradientGraph",
+    "HVP_METHODS",
+    "HessianOperator",
+    "LinearOperator",
+    "MatrixOperator",
+    "as_scipy_operator",
+    "hvp_double_backward",
+    "hvp_forward_over_reverse",
+    # solvers
+    "EigenResult",
+    "SpectralDensity",
+    "TraceResult",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos",
+    "power_iteration",
+    "spectral_density",
+]

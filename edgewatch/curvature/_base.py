@@ -1,0 +1,425 @@
+"""Linear operators: the protocol solvers accept, and the plumbing every curvature operator shares.
+
+A solver (Lanczos, power iteration, Hutchinson, SLQ) accepts any symmetric linear operator: a
+callable ``op(v)`` on flat vectors with ``shape``, ``dtype`` and ``device``. :class:`CurvatureOperator`
+owns everything a curvature matrix of a model needs besides its one per-matvec formula: choosing and
+flattening the parameters θ, the fixed probe set and its size weights, moving batches to the model's
+device, and running every evaluation under :func:`~edgewatch.curvature._state.probe_guard`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, Union, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from edgewatch.curvature._state import probe_guard
+
+__all__ = [
+    "Batch",
+    "CurvatureOperator",
+    "LinearOperator",
+    "LossFn",
+    "MatrixOperator",
+    "ParamSpec",
+    "as_scipy_operator",
+]
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], Tensor]
+ParamSpec = Union[None, nn.Module, Iterable[Union[str, Tensor]]]
+
+
+@runtime_checkable
+class LinearOperator(Protocol):
+    """A symmetric linear map on flat vectors, as the solvers see it."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __call__(self, v: Tensor) -> Tensor: ...
+
+
+class MatrixOperator:
+    """A dense symmetric matrix as a :class:`LinearOperator` (quadratics, tests, small problems).
+
+    >>> op = MatrixOperator(torch.diag(torch.tensor([3.0, 1.0])))
+    >>> op(torch.tensor([1.0, 1.0]))
+    tensor([3., 1.])
+    """
+
+    def __init__(self, matrix: Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"matrix must be square, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.num_matvecs = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
+
+    def __call__(self, v: Tensor) -> Tensor:
+        self.num_matvecs += 1
+        return self.matrix @ v
+
+
+def as_scipy_operator(op: LinearOperator) -> Any:
+    """Wrap ``op`` as a float64 ``scipy.sparse.linalg.LinearOperator`` (for ``eigsh`` and peers)."""
+    from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        v = torch.as_tensor(np.ascontiguousarray(x).reshape(-1), dtype=op.dtype, device=op.device)
+        return op(v).detach().to("cpu", torch.float64).numpy()
+
+    return ScipyLinearOperator(op.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64)
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module, so ``functional_call`` can swap the model's tensors."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+class CurvatureOperator:
+    r"""Base of the curvature operators: a matrix over θ for the probe loss, applied to vectors.
+
+    The probe loss is the size-weighted mean over a fixed list of probe batches,
+
+    .. math::
+        L(θ) = \sum_b w_b\, \ell(θ; B_b), \qquad w_b = |B_b| / \sum_{b'} |B_{b'}|,
+
+    so a curvature matrix of :math:`L` is the same weighted sum of per-batch matrices. Subclasses
+    implement :meth:`_matvec` on parameter-shaped tuples; this base flattens, validates, counts and
+    guards.
+
+    Args:
+        model: the network being trained. It is never modified: probes differentiate detached
+            copies of its parameters and pass copies of its buffers.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``, the training loss on one batch.
+        probe: a list of batches, fixed for the life of the operator. Tensors in a batch (at any
+            depth of tuples, lists and dicts) are moved to the model's device once, and floating
+            tensors cast to ``dtype``.
+        params: which parameters θ spans: ``None`` for all that require grad, a submodule of
+            ``model`` (a per-module block), or names / parameter tensors of ``model``.
+        dtype: the probe's floating dtype; default float64 for a float64 model, else float32
+            (probes never run in reduced precision or under autocast).
+        train: evaluate in train mode (the loss being optimized; BatchNorm uses batch statistics)
+            or in eval mode. The model's own modes are restored after every call.
+        seed: dropout seed. Batch ``b`` is always evaluated with seed ``seed + b``, so every matvec
+            of one solve sees the same masks; the global RNG is left untouched.
+        weights: per-batch weights :math:`w_b` (normalized to sum 1); by default the batch sizes,
+            read from the leading dimension of the first tensor found in each batch.
+
+    Raises:
+        ValueError: empty probe, unknown or frozen parameters, a ``loss_fn`` that cannot take
+            ``(model, batch)``.
+        TypeError: ``params`` of an unsupported kind, a batch whose size cannot be inferred.
+    """
+
+    SELF_ADJOINT = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        probe: Iterable[Batch],
+        params: ParamSpec = None,
+        *,
+        dtype: torch.dtype | None = None,
+        train: bool = True,
+        seed: int = 0,
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_loss_signature(loss_fn)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.param_names = _select_parameters(model, params)
+        named = dict(model.named_parameters())
+        self._shapes = tuple(named[name].shape for name in self.param_names)
+        self._numels = tuple(named[name].numel() for name in self.param_names)
+        self._dtype = dtype if dtype is not None else _default_dtype(model)
+        if not self._dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype, got {self._dtype}")
+        self._device = named[self.param_names[0]].device
+        self.probe = _materialize_probe(probe, self._device, self._dtype)
+        self.weights = _normalized_weights(self.probe, weights)
+        self.train = train
+        self.seed = seed
+        self.num_hvps = 0
+        self._loss_module = _LossModule(model, loss_fn)
+
+    # -- the LinearOperator protocol ---------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = sum(self._numels)
+        return (n, n)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __call__(self, v: Tensor | Sequence[Tensor]) -> Tensor | tuple[Tensor, ...]:
+        """Apply the matrix to a flat vector ``(n,)`` or a parameter-shaped sequence.
+
+        Returns the same form it was given, in the operator's dtype and on its device.
+        """
+        flat_input = isinstance(v, Tensor)
+        vectors = self.unflatten(self._check_flat(v)) if flat_input else self._check_tuple(v)
+        with probe_guard(self.model, train=self.train):
+            result = self._matvec(vectors)
+        self.num_hvps += 1
+        return self.flatten(result) if flat_input else result
+
+    def _matvec(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    # -- parameter layout ----------------------------------------------------------------------
+    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        """Concatenate parameter-shaped tensors into one flat vector (parameter order)."""
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vector: Tensor) -> tuple[Tensor, ...]:
+        """Split a flat vector into parameter-shaped views (parameter order)."""
+        return tuple(
+            chunk.view(shape) for chunk, shape in zip(vector.split(self._numels), self._shapes)
+        )
+
+    def parameter_slices(self) -> dict[str, slice]:
+        """Where each parameter's coordinates sit in a flat vector."""
+        slices, start = {}, 0
+        for name, numel in zip(self.param_names, self._numels):
+            slices[name] = slice(start, start + numel)
+            start += numel
+        return slices
+
+    # -- evaluation, for subclasses -------------------------------------------------------------
+    def _current_parameters(self) -> tuple[Tensor, ...]:
+        """θ now: detached (shared storage when no cast is needed), in the operator's dtype."""
+        named = dict(self.model.named_parameters())
+        return tuple(named[name].detach().to(self._dtype) for name in self.param_names)
+
+    def _frozen_tensors(self) -> dict[str, Tensor | None]:
+        """Everything ``functional_call`` needs besides θ, so the model's own tensors stay unused.
+
+        Parameters outside θ are detached; buffers are copied, so nothing a forward pass writes
+        reaches the model. In train mode BatchNorm's running statistics are passed as ``None``:
+        they do not enter the train-mode output, and without them BatchNorm updates nothing
+        (which also lets forward-mode AD run, as it refuses to mutate captured tensors).
+        """
+        selected = set(self.param_names)
+        frozen: dict[str, Tensor | None] = {
+            name: _cast(p.detach(), self._dtype)
+            for name, p in self.model.named_parameters()
+            if name not in selected
+        }
+        frozen.update(
+            {name: _cast(b.detach(), self._dtype).clone() for name, b in self.model.named_buffers()}
+        )
+        if self.train:
+            for prefix, module in self.model.named_modules():
+                if isinstance(module, nn.modules.batchnorm._NormBase):
+                    for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                        key = f"{prefix}.{buffer}" if prefix else buffer
+                        if key in frozen:
+                            frozen[key] = None
+        return frozen
+
+    def _batch_loss(
+        self, index: int, params: tuple[Tensor, ...], frozen: Mapping[str, Tensor | None]
+    ) -> Tensor:
+        """ℓ(θ; B_index), with θ taken from ``params``; call inside :func:`probe_guard`."""
+        tensors = {f"model.{name}": p for name, p in zip(self.param_names, params)}
+        tensors.update({f"model.{name}": t for name, t in frozen.items()})
+        torch.manual_seed(self.seed + index)
+        loss = functional_call(self._loss_module, tensors, (self.probe[index],))
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(
+                f"loss_fn must return a scalar tensor, got {got} for probe batch {index}; "
+                "reduce it, e.g. with .mean()"
+            )
+        return loss
+
+    def _probe_loss(self, params: tuple[Tensor, ...], frozen: Mapping[str, Tensor | None]) -> Tensor:
+        """L(θ) = Σ_b w_b ℓ(θ; B_b) over the whole probe set."""
+        total = self.weights[0] * self._batch_loss(0, params, frozen)
+        for index in range(1, len(self.probe)):
+            total = total + self.weights[index] * self._batch_loss(index, params, frozen)
+        return total
+
+    def _state_key(self) -> tuple:
+        """Changes whenever anything the probe loss depends on may have changed.
+
+        Optimizer steps and forward passes update parameters and buffers in place, which bumps
+        their version counters; the key also covers the options that change the loss.
+        """
+        versions = tuple(t._version for t in self.model.parameters())
+        versions += tuple(t._version for t in self.model.buffers())
+        return versions, self.seed, self.train, self._dtype
+
+    # -- validation of inputs -----------------------------------------------------------------------
+    def _check_flat(self, v: Tensor) -> Tensor:
+        n = self.shape[0]
+        if v.shape != (n,):
+            raise ValueError(
+                f"expected a flat vector of shape ({n},), got {tuple(v.shape)}; "
+                "use op.flatten(tensors) for parameter-shaped input"
+            )
+        return v.to(device=self._device, dtype=self._dtype)
+
+    def _check_tuple(self, v: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        if len(v) != len(self._shapes) or any(t.shape != s for t, s in zip(v, self._shapes)):
+            got = [tuple(t.shape) for t in v]
+            raise ValueError(
+                f"expected tensors shaped like the parameters {[tuple(s) for s in self._shapes]}, "
+                f"got {got}"
+            )
+        return tuple(t.to(device=self._device, dtype=self._dtype) for t in v)
+
+
+# -- helpers for the constructor ---------------------------------------------------------------
+def _check_loss_signature(loss_fn: Any) -> None:
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+    try:
+        signature = inspect.signature(loss_fn)
+    except (TypeError, ValueError):  # builtins and some C callables have none
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as error:
+        raise ValueError(
+            f"loss_fn must accept two positional arguments (model, batch), but its signature is "
+            f"{signature}: {error}"
+        ) from None
+
+
+def _select_parameters(model: nn.Module, params: ParamSpec) -> tuple[str, ...]:
+    named = dict(model.named_parameters())
+    if params is None:
+        names = [name for name, p in named.items() if p.requires_grad]
+        if not names:
+            raise ValueError("no parameter of the model requires grad; there is nothing to probe")
+        return tuple(names)
+    if isinstance(params, Tensor):
+        raise TypeError("params must be a module or an iterable of names/tensors, got a Tensor; wrap it in a list")
+    if isinstance(params, nn.Module):
+        ids = {id(p) for p in params.parameters()}
+        names = [name for name, p in named.items() if id(p) in ids]
+        if not names:
+            raise ValueError(f"the module {type(params).__name__} has no parameters of the model")
+    else:
+        by_id = {id(p): name for name, p in named.items()}
+        wanted = set()
+        for item in params:
+            if isinstance(item, str):
+                if item not in named:
+                    raise ValueError(f"the model has no parameter named {item!r}")
+                wanted.add(item)
+            elif isinstance(item, Tensor):
+                if id(item) not in by_id:
+                    raise ValueError(f"a tensor of shape {tuple(item.shape)} in params is not a parameter of the model")
+                wanted.add(by_id[id(item)])
+            else:
+                raise TypeError(f"params entries must be names or parameter tensors, got {type(item).__name__}")
+        names = [name for name in named if name in wanted]
+        if not names:
+            raise ValueError("params is empty; pass None to probe all parameters")
+    frozen = [name for name in names if not named[name].requires_grad]
+    if frozen:
+        raise ValueError(
+            f"parameters {frozen} do not require grad; the Hessian is taken over trainable "
+            "parameters only: drop them from params or set requires_grad=True"
+        )
+    return tuple(names)
+
+
+def _default_dtype(model: nn.Module) -> torch.dtype:
+    dtypes = {p.dtype for p in model.parameters()}
+    return torch.float64 if dtypes == {torch.float64} else torch.float32
+
+
+def _cast(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def _to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    if isinstance(batch, Tensor):
+        return _cast(batch.to(device), dtype)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: _to_device(v, device, dtype) for k, v in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_to_device(v, device, dtype) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, dtype) for v in batch)
+    return batch
+
+
+def _materialize_probe(probe: Iterable[Batch], device: torch.device, dtype: torch.dtype) -> list:
+    if isinstance(probe, (Tensor, Mapping)):
+        raise TypeError(
+            f"probe must be a list of batches, got a single {type(probe).__name__}; wrap it: [batch]"
+        )
+    batches = [_to_device(batch, device, dtype) for batch in probe]
+    if not batches:
+        raise ValueError("the probe is empty; pass a list with at least one batch")
+    return batches
+
+
+def _batch_size(batch: Batch) -> int | None:
+    if isinstance(batch, Tensor):
+        return batch.shape[0] if batch.ndim > 0 else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        size = _batch_size(value)
+        if size is not None:
+            return size
+    return None
+
+
+def _normalized_weights(probe: list, weights: Sequence[float] | None) -> tuple[float, ...]:
+    if weights is None:
+        sizes = [_batch_size(batch) for batch in probe]
+        if any(size is None for size in sizes):
+            raise TypeError(
+                "cannot infer the batch size of a probe batch (no tensor with a leading dimension "
+                "in it); pass weights=[...] with one weight per batch"
+            )
+        weights = sizes  # type: ignore[assignment]
+    if len(weights) != len(probe):
+        raise ValueError(f"weights has {len(weights)} entries for {len(probe)} probe batches")
+    total = float(sum(weights))
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    return tuple(float(w) / total for w in weights)

@@ -1,0 +1,178 @@
+r"""The Hessian of the probe loss as a linear operator, :math:`v \mapsto Hv`.
+
+:math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (DESIGN.md section 3), applied by one of
+the two methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
+architecture and keeps the faster one that agrees with double backward.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from edgewatch.curvature._base import Batch, CurvatureOperator, LossFn, ParamSpec
+from edgewatch.curvature.hvp import GradientGraph, hvp_double_backward, hvp_forward_over_reverse
+
+__all__ = ["HVP_METHODS", "HessianOperator"]
+
+HVP_METHODS = ("double_backward", "forward_over_reverse")
+
+# Architecture signature -> the method "auto" chose, so new operators on the same model (one per
+# probe, say) do not time again.
+_AUTO_CHOICES: dict[tuple, str] = {}
+
+# Number of HVPs a solve is expected to reuse a gradient graph for; amortizes its build cost when
+# "auto" compares methods.
+_EXPECTED_HVPS_PER_SOLVE = 20
+
+
+class HessianOperator(CurvatureOperator):
+    r"""Hessian-vector products of the probe loss, :math:`v \mapsto Hv`, over the chosen parameters.
+
+    .. math::
+        Hv = \sum_b w_b\, \nabla^2_θ \ell(θ; B_b)\, v
+
+    With ``method="double_backward"`` and ``reuse_graph=True`` (the default choice on CPU) the
+    gradient graph at the current θ is built once and every further product is one backward
+    pass; the graph is rebuilt automatically when any parameter or buffer of the model changes
+    (optimizer step, forward pass) and dropped by :meth:`release`.
+
+    Args:
+        model, loss_fn, probe, params, dtype, train, seed, weights: see
+            :class:`~edgewatch.curvature._base.CurvatureOperator`.
+        method: ``"double_backward"``, ``"forward_over_reverse"`` or ``"auto"``: time both once
+            for this architecture (on a random vector, outside the HVP count), keep the faster
+            one that matches double backward, and remember the choice.
+        reuse_graph: keep the gradient graph between products (double backward only). Costs the
+            memory of one forward and backward pass over the whole probe set.
+
+    Example:
+        >>> model = nn.Linear(3, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
+        >>> loss_fn = lambda m, batch: 0.5 * (m(batch) ** 2).mean()   # H = mean of x xᵀ
+        >>> op = HessianOperator(model, loss_fn, [torch.eye(3)], method="double_backward")
+        >>> op(torch.tensor([3.0, 0.0, 0.0]))
+        tensor([1., 0., 0.])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        probe: Iterable[Batch],
+        params: ParamSpec = None,
+        *,
+        method: str = "auto",
+        reuse_graph: bool = True,
+        dtype: torch.dtype | None = None,
+        train: bool = True,
+        seed: int = 0,
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        if method not in (*HVP_METHODS, "auto"):
+            raise ValueError(f"method must be one of {HVP_METHODS + ('auto',)}, got {method!r}")
+        super().__init__(
+            model, loss_fn, probe, params, dtype=dtype, train=train, seed=seed, weights=weights
+        )
+        self.reuse_graph = reuse_graph
+        self._method = _AUTO_CHOICES.get(self._signature()) if method == "auto" else method
+        self._graph: GradientGraph | None = None
+        self._graph_key: tuple | None = None
+
+    @property
+    def method(self) -> str | None:
+        """The HVP method in use; ``None`` while ``"auto"`` has not measured yet."""
+        return self._method
+
+    def release(self) -> None:
+        """Free the retained gradient graph (it is rebuilt on the next product)."""
+        self._graph = None
+        self._graph_key = None
+
+    def _matvec(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if self._method is None:
+            self._method = self._choose_method()
+            _AUTO_CHOICES[self._signature()] = self._method
+        if self._method == "double_backward" and self.reuse_graph:
+            return self._gradient_graph().hvp(v)
+        hvp = hvp_double_backward if self._method == "double_backward" else hvp_forward_over_reverse
+        params, frozen = self._current_parameters(), self._frozen_tensors()
+        total = tuple(torch.zeros_like(p) for p in params)
+        for index, weight in enumerate(self.weights):
+            hv = hvp(lambda p, i=index: self._batch_loss(i, p, frozen), params, v)
+            for accumulated, h in zip(total, hv):
+                accumulated.add_(h, alpha=weight)
+        return total
+
+    def _gradient_graph(self) -> GradientGraph:
+        key = self._state_key()
+        if self._graph is None or key != self._graph_key:
+            self._graph = None  # free the old graph before building the new one
+            frozen = self._frozen_tensors()
+            self._graph = GradientGraph(lambda p: self._probe_loss(p, frozen), self._current_parameters())
+            self._graph_key = key
+        return self._graph
+
+    def _signature(self) -> tuple:
+        named = dict(self.model.named_parameters())
+        shapes = tuple((name, tuple(named[name].shape)) for name in self.param_names)
+        return type(self.model).__qualname__, shapes, self.device.type, self.dtype, self.train, self.reuse_graph
+
+    def _choose_method(self) -> str:
+        """Time each method on a random vector; keep the fastest that agrees with double backward."""
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        v = tuple(
+            torch.randn(s, generator=generator, device=self.device, dtype=self.dtype) for s in self._shapes
+        )
+        tolerance = 1e-3 if self.dtype == torch.float32 else 1e-8
+        self._method = "double_backward"
+        start = _now(self.device)
+        reference = self._matvec(v)
+        first = _now(self.device) - start
+        costs = {"double_backward": min(first, _timed(self._matvec, v, self.device))}
+        if self.reuse_graph:  # the first product built the graph; later ones only reuse it
+            build = first - costs["double_backward"]
+            costs["double_backward"] += max(build, 0.0) / _EXPECTED_HVPS_PER_SOLVE
+        self._method = "forward_over_reverse"
+        try:
+            candidate = self._matvec(v)
+            costs["forward_over_reverse"] = _timed(self._matvec, v, self.device)
+        except Exception as error:  # noqa: BLE001 - any failure just rules the method out
+            warnings.warn(
+                f"forward-over-reverse HVP unavailable for {type(self.model).__name__} "
+                f"({type(error).__name__}: {error}); using double backward",
+                stacklevel=4,
+            )
+            candidate = None
+        if candidate is not None and _relative_difference(candidate, reference) > tolerance:
+            warnings.warn(
+                "forward-over-reverse and double-backward HVPs disagree "
+                f"(relative difference {_relative_difference(candidate, reference):.2e}); "
+                "using double backward",
+                stacklevel=4,
+            )
+            del costs["forward_over_reverse"]
+        return min(costs, key=costs.get)
+
+
+def _relative_difference(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    diff = sum(float((x - y).pow(2).sum()) for x, y in zip(a, b)) ** 0.5
+    norm = sum(float(y.pow(2).sum()) for y in b) ** 0.5
+    return diff / max(norm, torch.finfo(b[0].dtype).tiny)
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":  # one-off sync, only while "auto" measures
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _timed(fn, v, device: torch.device) -> float:
+    start = _now(device)
+    fn(v)
+    return _now(device) - start
