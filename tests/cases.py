@@ -115,6 +115,11 @@ def dense_hessian(model: nn.Module, loss_fn, probe, train: bool = True, param_na
     import copy
 
     model64 = copy.deepcopy(model).double().train(train)
+    if train:  # batch statistics only: nothing to update, so the Hessian can be vectorized
+        for module in model64.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False
+                module.running_mean = module.running_var = module.num_batches_tracked = None
     named = dict(model64.named_parameters())
     names = list(param_names or [n for n, p in named.items() if p.requires_grad])
     shapes = [named[n].shape for n in names]
@@ -139,7 +144,7 @@ def dense_hessian(model: nn.Module, loss_fn, probe, train: bool = True, param_na
             total = total + w * loss_fn(_Call(model64, {**params, **buffers}), to64(batch))
         return total
 
-    return torch.autograd.functional.hessian(loss, flat)
+    return torch.autograd.functional.hessian(loss, flat, vectorize=True)
 
 
 class _Call(nn.Module):

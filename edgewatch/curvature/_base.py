@@ -177,9 +177,13 @@ class CurvatureOperator:
 
     # -- the LinearOperator protocol ---------------------------------------------------------
     @property
+    def size(self) -> int:
+        """n, the number of parameters θ spans."""
+        return sum(self._numels)
+
+    @property
     def shape(self) -> tuple[int, int]:
-        n = sum(self._numels)
-        return (n, n)
+        return (self.size, self.size)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -290,7 +294,7 @@ class CurvatureOperator:
 
     # -- validation of inputs -----------------------------------------------------------------------
     def _check_flat(self, v: Tensor) -> Tensor:
-        n = self.shape[0]
+        n = self.size
         if v.shape != (n,):
             raise ValueError(
                 f"expected a flat vector of shape ({n},), got {tuple(v.shape)}; "

@@ -48,6 +48,7 @@ class LanczosProcess:
         self.exhausted = False  # no further step possible (full space, or breakdown without restart)
         self.nonfinite = False
         self.restarted = False  # the last step hit an invariant subspace and restarted
+        self.block_start = 0  # first basis index after the latest restart (T is block diagonal)
         self._basis = torch.empty(min(self.dimension, 16) + 1, self.dimension, dtype=op.dtype, device=op.device)
         norm = torch.linalg.vector_norm(start)
         self._basis[0] = start / norm
@@ -92,6 +93,7 @@ class LanczosProcess:
                 return
             w = self._random_orthogonal(basis)
             self.restarted = True
+            self.block_start = j + 1
         else:
             self.betas.append(beta_host)
             w = w / beta

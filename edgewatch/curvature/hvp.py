@@ -43,6 +43,11 @@ class GradientGraph:
     def __init__(self, fn: ScalarFn, params: Sequence[Tensor]) -> None:
         self._leaves = tuple(p.detach().requires_grad_() for p in params)
         value = fn(self._leaves)
+        if not value.requires_grad:
+            raise ValueError(
+                "the loss does not depend on the probed parameters (it has no grad_fn); "
+                "does loss_fn detach it, call .item(), or run under torch.no_grad()?"
+            )
         grads = torch.autograd.grad(value, self._leaves, create_graph=True, allow_unused=True)
         # A gradient entry without a graph (f linear in everything, or an unused parameter) has a
         # zero Hessian row block; autograd refuses such outputs, so they are skipped.

@@ -125,6 +125,8 @@ def lanczos(
         floor = torch.finfo(op.dtype).eps * np.abs(theta).max()
         residuals = np.maximum(np.abs(process.last_beta * s[-1, chosen]), floor)
         converged = can_stop and bool(np.all(residuals <= tol * np.abs(theta[chosen])))
+        if converged and process.block_start > 0:
+            converged = _newest_block_settled(process, theta, s, which, tol, floor)
         if converged or out_of_budget:
             break
 
@@ -151,6 +153,19 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return np.concatenate([np.arange(len(theta) - 1, len(theta) - 1 - top, -1), np.arange(bottom)[::-1]])
 
 
+def _newest_block_settled(
+    process: LanczosProcess, theta: np.ndarray, s: np.ndarray, which: str, tol: float, floor: float
+) -> bool:
+    """After a breakdown, the pairs of the earlier blocks are exact but only span an invariant
+    subspace; the eigenvalues outside it show up in the newest block. Its extreme Ritz pair (at
+    the end ``which`` asks for) must have converged too before the answer can be trusted."""
+    newest = np.flatnonzero((s[process.block_start :] ** 2).sum(axis=0) > 0.5)
+    ends = {"LA": [newest[-1]], "SA": [newest[0]], "BE": [newest[-1], newest[0]]}
+    sentinels = ends.get(which, [newest[np.argmax(np.abs(theta[newest]))]])
+    residuals = np.maximum(np.abs(process.last_beta * s[-1, sentinels]), floor)
+    return bool(np.all(residuals <= tol * np.abs(theta[sentinels])))
+
+
 def _start_vector(op: LinearOperator, v0: Tensor | None, generator: torch.Generator) -> Tensor:
     n = op.shape[0]
     if v0 is None:
@@ -160,6 +175,8 @@ def _start_vector(op: LinearOperator, v0: Tensor | None, generator: torch.Genera
         v0 = v0[:, None]
     if v0.ndim != 2 or v0.shape[0] != n:
         raise ValueError(f"v0 must have shape ({n},) or ({n}, j), got {tuple(v0.shape)}")
+    if not torch.isfinite(v0).all():
+        raise ValueError("v0 has non-finite entries (a previous solve on a diverged model?); pass None")
     norms = torch.linalg.vector_norm(v0, dim=0)
     start = (v0 / norms.clamp_min(torch.finfo(op.dtype).tiny)).sum(dim=1)
     if not torch.linalg.vector_norm(start) > 0:

@@ -1,0 +1,144 @@
+"""Lanczos: eigenpairs against the dense float64 Hessian, against scipy's eigsh, and its honesty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg
+import torch
+from threadpoolctl import threadpool_limits
+
+import cases
+from edgewatch.curvature import HessianOperator, MatrixOperator, as_scipy_operator, lanczos
+
+
+def test_top5_float64_matches_dense_to_1e8(case):
+    op = HessianOperator(case.model, case.loss_fn, case.probe, dtype=torch.float64)
+    result = lanczos(op, k=5, tol=1e-10)
+    assert result.converged
+    expected = case.eigenvalues[:5]
+    assert torch.all((result.eigenvalues - expected).abs() <= 1e-8 * expected.abs())
+    # Ritz vectors are eigenvectors of the dense Hessian, and the reported residuals are true ones.
+    y = result.eigenvectors
+    true_residuals = (case.hessian @ y - y * result.eigenvalues).norm(dim=0)
+    assert torch.all(true_residuals <= 1e-10 * expected.abs() + 1e-13)
+    assert torch.allclose(y.T @ y, torch.eye(5, dtype=torch.float64), atol=1e-12)
+    assert result.num_hvps == op.num_hvps < 100
+
+
+def test_top5_float32_matches_dense_to_1e4(case):
+    op = HessianOperator(case.model, case.loss_fn, case.probe)
+    result = lanczos(op, k=5, tol=1e-5)
+    assert result.converged
+    assert result.eigenvectors.dtype == torch.float32
+    expected = case.eigenvalues[:5]
+    assert torch.all((result.eigenvalues - expected).abs() <= 1e-4 * expected.abs())
+
+
+def test_matches_scipy_eigsh(case):
+    op = HessianOperator(case.model, case.loss_fn, case.probe, dtype=torch.float64)
+    with threadpool_limits(limits=1, user_api="blas"):
+        reference = scipy.sparse.linalg.eigsh(as_scipy_operator(op), k=5, which="LA", tol=1e-12)[0][::-1]
+    ours = lanczos(op, k=5, tol=1e-10).eigenvalues.numpy()
+    np.testing.assert_allclose(ours, reference, rtol=1e-8)
+
+
+def test_most_negative_eigenvalues_match_dense(case):
+    op = HessianOperator(case.model, case.loss_fn, case.probe, dtype=torch.float64)
+    result = lanczos(op, k=3, which="SA", tol=1e-10, max_hvps=300)
+    assert result.converged
+    expected = case.eigenvalues.flip(0)[:3]  # most negative first
+    assert expected[0] < 0
+    assert torch.all((result.eigenvalues - expected).abs() <= 1e-8 * expected.abs())
+
+
+SPECTRUM = torch.tensor([9.0, 7.0, 4.0, 2.0, 0.5, -1.0, -6.0, -8.0], dtype=torch.float64)
+
+
+def rotated(spectrum: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    return q @ torch.diag(spectrum) @ q.T
+
+
+@pytest.mark.parametrize(
+    "which, expected",
+    [("LA", [9.0, 7.0, 4.0]), ("SA", [-8.0, -6.0, -1.0]), ("LM", [9.0, -8.0, 7.0]), ("BE", [9.0, 7.0, -8.0])],
+)
+def test_which_selects_and_orders_as_documented(which, expected):
+    result = lanczos(MatrixOperator(rotated(SPECTRUM)), k=3, which=which, tol=1e-12)
+    assert result.converged
+    np.testing.assert_allclose(result.eigenvalues.numpy(), expected, rtol=1e-10)
+
+
+def test_full_dimension_is_exact():
+    result = lanczos(MatrixOperator(rotated(SPECTRUM)), k=8, tol=1e-12)
+    assert result.converged and result.num_hvps == 8
+    np.testing.assert_allclose(result.eigenvalues.numpy(), SPECTRUM.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_start_on_a_lower_eigenvector_still_finds_the_top():
+    """An exact invariant subspace (breakdown) must not be mistaken for convergence to the top."""
+    a = torch.diag(torch.tensor([5.0, 3.0, 1.0, 0.5, 0.2], dtype=torch.float64))
+    e2 = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    result = lanczos(MatrixOperator(a), k=1, v0=e2, tol=1e-10)
+    assert result.converged
+    assert result.eigenvalues[0].item() == pytest.approx(5.0, rel=1e-10)
+
+
+def test_clustered_spectrum_converges_or_says_it_has_not(mlp_case):
+    """An MLP at initialization with a small output layer: eigenvalues 4 to 10 lie within 8%.
+
+    For every budget the solver either reports convergence, and then every eigenvalue is within
+    the tolerance of the dense one, or reports that it has not, with residuals that show it.
+    """
+    model = cases.mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(0.1)
+        model[2].bias.zero_()
+    probe = mlp_case.probe
+    dense = cases.dense_hessian(model, cases.cross_entropy, probe)
+    expected = torch.linalg.eigvalsh(dense).flip(0)[:8]
+    assert (expected[3] - expected[7]) / expected[3] < 0.08  # the case really is clustered
+    op = HessianOperator(model, cases.cross_entropy, probe, dtype=torch.float64)
+    tol = 1e-6
+    outcomes = []
+    for budget in (8, 24, 48, 96, 200):
+        result = lanczos(op, k=8, tol=tol, max_hvps=budget)
+        y = result.eigenvectors
+        true_residuals = (dense @ y - y * result.eigenvalues).norm(dim=0)
+        # The reported residuals are the real ones (up to rounding).
+        assert torch.allclose(result.residuals, true_residuals, rtol=1e-6, atol=1e-12)
+        if result.converged:
+            assert torch.all(result.residuals <= tol * result.eigenvalues.abs())
+            assert torch.all((result.eigenvalues - expected).abs() <= tol * expected.abs())
+        else:
+            assert torch.any(result.residuals > tol * result.eigenvalues.abs())
+        outcomes.append(result.converged)
+    assert outcomes[0] is False and outcomes[-1] is True  # both branches exercised
+
+
+def test_warm_start_reconverges_in_fewer_hvps_after_a_step(mlp_case):
+    model = cases.mlp()
+    probe = mlp_case.probe
+    op = HessianOperator(model, cases.cross_entropy, probe)
+    first = lanczos(op, k=1, tol=1e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cases.cross_entropy(model, probe[0]).backward()
+    optimizer.step()
+    cold = lanczos(op, k=1, tol=1e-4, seed=1)
+    warm = lanczos(op, k=1, tol=1e-4, v0=first.eigenvectors)
+    assert cold.converged and warm.converged
+    assert warm.eigenvalues[0].item() == pytest.approx(cold.eigenvalues[0].item(), rel=1e-4)
+    assert warm.num_hvps < cold.num_hvps
+
+
+def test_nonfinite_operator_gives_nan_result_not_a_crash():
+    a = torch.diag(torch.tensor([1.0, float("nan"), 2.0]))
+    result = lanczos(MatrixOperator(a), k=1)
+    assert not result.converged and torch.isnan(result.eigenvalues).all()
+
+
+def test_no_host_state_leaks_into_the_global_rng():
+    state = torch.get_rng_state()
+    lanczos(MatrixOperator(rotated(SPECTRUM)), k=2)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -1,0 +1,128 @@
+"""Watching changes nothing: every operator and solver call leaves the model and the RNG as they were."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cases
+from edgewatch.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
+
+METHODS = [
+    pytest.param({"method": "double_backward", "reuse_graph": True}, id="double_backward-reuse"),
+    pytest.param({"method": "double_backward", "reuse_graph": False}, id="double_backward"),
+    pytest.param({"method": "forward_over_reverse"}, id="forward_over_reverse"),
+]
+
+
+def snapshot(model: torch.nn.Module) -> dict:
+    """Everything of the model and the process a training run could observe."""
+    return {
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "buffers": {n: b.clone() for n, b in model.named_buffers()},
+        "modes": [m.training for m in model.modules()],
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "grad_enabled": torch.is_grad_enabled(),
+    }
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    for name, value in before["params"].items():
+        assert torch.equal(value, after["params"][name]), f"parameter {name} changed"
+    assert before["requires_grad"] == after["requires_grad"]
+    for name, grad in before["grads"].items():
+        if grad is None:
+            assert after["grads"][name] is None, f".grad of {name} was written"
+        else:
+            assert torch.equal(grad, after["grads"][name]), f".grad of {name} changed"
+    for name, value in before["buffers"].items():
+        assert torch.equal(value, after["buffers"][name]), f"buffer {name} changed"
+    assert before["modes"] == after["modes"], "a submodule's train/eval mode changed"
+    assert torch.equal(before["cpu_rng"], after["cpu_rng"]), "the global CPU RNG advanced"
+    assert all(torch.equal(a, b) for a, b in zip(before["cuda_rng"], after["cuda_rng"]))
+    assert before["grad_enabled"] == after["grad_enabled"]
+
+
+def prepared_model(mode: str) -> torch.nn.Module:
+    """A CNN with BatchNorm and dropout, with history: trained a step, some .grad set, mixed modes."""
+    model = cases.cnn_bn(dropout=0.3)
+    probe = cases.digits_probe(sizes=(32,), images=True)
+    cases.cross_entropy(model, probe[0]).backward()  # BN stats move, num_batches_tracked = 1
+    model[-1].weight.grad = None  # one parameter without .grad, the others with
+    model.train(mode == "train")
+    if mode == "train":
+        model[1].eval()  # a frozen BatchNorm inside a training model
+    return model
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("options", METHODS)
+def test_operator_and_solvers_leave_everything_unchanged(mode, options):
+    model = prepared_model(mode)
+    probe = cases.digits_probe(sizes=(24, 16), images=True)
+    before = snapshot(model)
+    with torch.no_grad():  # a caller inside no_grad must still get HVPs, and keep no_grad
+        op = HessianOperator(model, cases.cross_entropy, probe, **options)
+        v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0))
+        first = op(v)
+        op(op.unflatten(v))
+        lanczos(op, k=2, max_hvps=12)
+        power_iteration(op, k=1, max_hvps=5)
+        hutchinson_trace(op, num_samples=3)
+        spectral_density(op, num_probes=1, num_steps=4)
+        second = op(v)
+    assert_unchanged(before, snapshot(model))
+    # One seed per operator: every product sees the same dropout masks.
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("options", METHODS)
+def test_dropout_is_active_in_train_mode_probes_and_seeded(options):
+    model = prepared_model("train")
+    probe = cases.digits_probe(sizes=(24,), images=True)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
+    a = HessianOperator(model, cases.cross_entropy, probe, seed=0, **options)(v)
+    b = HessianOperator(model, cases.cross_entropy, probe, seed=0, **options)(v)
+    c = HessianOperator(model, cases.cross_entropy, probe, seed=1, **options)(v)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)  # other masks, other Hessian: dropout really is in the probe
+
+
+def test_batchnorm_uses_batch_statistics_in_train_probes():
+    """train=True probes the loss being optimized (batch statistics), train=False the eval loss."""
+    model = prepared_model("eval")
+    probe = cases.digits_probe(sizes=(24,), images=True)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
+    train_probe = HessianOperator(model, cases.cross_entropy, probe, train=True, dtype=torch.float64)(v)
+    eval_probe = HessianOperator(model, cases.cross_entropy, probe, train=False, dtype=torch.float64)(v)
+    model.eval()
+    dense_eval = cases.dense_hessian(model, cases.cross_entropy, probe, train=False) @ v.double()
+    assert torch.allclose(eval_probe, dense_eval, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(train_probe, eval_probe)
+
+
+def test_autocast_does_not_reach_the_probe():
+    model, probe = cases.mlp(), cases.digits_probe()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
+    plain = HessianOperator(model, cases.cross_entropy, probe, method="double_backward")(v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = HessianOperator(model, cases.cross_entropy, probe, method="double_backward")(v)
+    assert torch.equal(plain, under_autocast)
+
+
+def test_state_is_restored_when_the_loss_raises():
+    model = prepared_model("train")
+    probe = cases.digits_probe(sizes=(24,), images=True)
+    before = snapshot(model)
+
+    def failing_loss(m, batch):
+        cases.cross_entropy(m, batch)  # the forward pass runs (dropout draws, BN in train mode)
+        raise RuntimeError("user code failed")
+
+    op = HessianOperator(model, failing_loss, probe, method="double_backward")
+    with pytest.raises(RuntimeError, match="user code failed"):
+        op(torch.zeros(op.shape[0]))
+    assert_unchanged(before, snapshot(model))
