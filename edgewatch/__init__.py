@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0.dev0"
 
-from edgewatch import curvature
+from edgewatch import curvature, optimizers
 
-__all__ = ["__version__", "curvature"]
+__all__ = ["__version__", "curvature", "optimizers"]

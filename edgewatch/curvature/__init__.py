@@ -9,6 +9,7 @@ from edgewatch.curvature._base import (
 )
 from edgewatch.curvature.hessian import HVP_METHODS, HessianOperator
 from edgewatch.curvature.hvp import GradientGraph, hvp_double_backward, hvp_forward_over_reverse
+from edgewatch.curvature.preconditioned import PreconditionedOperator
 
 # solvers
 from edgewatch.curvature.density import SpectralDensity, spectral_density
@@ -24,6 +25,7 @@ __all__ = [
     "HessianOperator",
     "LinearOperator",
     "MatrixOperator",
+    "PreconditionedOperator",
     "as_scipy_operator",
     "hvp_double_backward",
     "hvp_forward_over_reverse",

@@ -1,4 +1,41 @@
-"""Optimizer adapters: preconditioner, learning rate and stability constant from a live optimizer.
+"""Optimizer adapters: preconditioner D, step size η and stability constant c from a live optimizer."""
 
-Empty until the optimizer-adapter issue lands; the curvature core does not depend on it.
-"""
+# the adapter interface and its errors
+from edgewatch.optimizers._base import (
+    OptimizerAdapter,
+    OptimizerStateError,
+    UnsupportedOptimizerError,
+)
+
+# built-in adapters
+from edgewatch.optimizers.adagrad import AdagradAdapter
+from edgewatch.optimizers.adam import AdamAdapter
+from edgewatch.optimizers.rmsprop import RMSpropAdapter
+from edgewatch.optimizers.sgd import SGDAdapter
+
+# registry
+from edgewatch.optimizers.registry import adapter_for, register_adapter, registered_optimizers
+
+# thresholds and the preconditioned operator
+from edgewatch.optimizers.stability import GroupStability, Stability, preconditioned_operator, stability
+
+__all__ = [
+    # the adapter interface and its errors
+    "OptimizerAdapter",
+    "OptimizerStateError",
+    "UnsupportedOptimizerError",
+    # built-in adapters
+    "AdagradAdapter",
+    "AdamAdapter",
+    "RMSpropAdapter",
+    "SGDAdapter",
+    # registry
+    "adapter_for",
+    "register_adapter",
+    "registered_optimizers",
+    # thresholds and the preconditioned operator
+    "GroupStability",
+    "Stability",
+    "preconditioned_operator",
+    "stability",
+]
