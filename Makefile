@@ -11,7 +11,8 @@ EXTRAS     ?= dev
 PIP_ARGS   ?=
 
 BIN   := $(VENV)/bin
-STAMP := $(VENV)/.edgewatch-installed
+# One stamp per install recipe: changing TORCH_SPEC, PIP_ARGS or EXTRAS installs again.
+STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(TORCH_SPEC)' '$(PIP_ARGS)' '$(EXTRAS)' | cksum | cut -d' ' -f1)
 
 .PHONY: demo test setup clean
 

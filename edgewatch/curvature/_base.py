@@ -9,6 +9,8 @@ device, and running every evaluation under :func:`~edgewatch.curvature._state.pr
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, Union, runtime_checkable
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from edgewatch.curvature._state import probe_guard
+from edgewatch.curvature._state import probe_guard, seed_probe
 
 __all__ = [
     "Batch",
@@ -28,6 +30,8 @@ __all__ = [
     "MatrixOperator",
     "ParamSpec",
     "as_scipy_operator",
+    "solver",
+    "solving",
 ]
 
 Batch = Any
@@ -82,8 +86,35 @@ class MatrixOperator:
         return self.matrix @ v
 
 
+@contextlib.contextmanager
+def solving(op: LinearOperator):
+    """The span of one solve: operators that cache work between products (a gradient graph) keep
+    it inside and free it after. Solvers wrap their loop in it; operators without a cache need
+    nothing."""
+    if hasattr(op, "__enter__"):
+        with op:
+            yield
+    else:
+        yield
+
+
+def solver(function: Callable) -> Callable:
+    """Decorate a solver ``f(op, ...)`` so that its whole run is one :func:`solving` span."""
+
+    @functools.wraps(function)
+    def run(op: LinearOperator, *args: Any, **kwargs: Any) -> Any:
+        with solving(op):
+            return function(op, *args, **kwargs)
+
+    return run
+
+
 def as_scipy_operator(op: LinearOperator) -> Any:
-    """Wrap ``op`` as a float64 ``scipy.sparse.linalg.LinearOperator`` (for ``eigsh`` and peers)."""
+    """Wrap ``op`` as a float64 ``scipy.sparse.linalg.LinearOperator`` (for ``eigsh`` and peers).
+
+    Enter the operator for the duration of the scipy solve (``with op: eigsh(...)``) so that a
+    :class:`~edgewatch.curvature.hessian.HessianOperator` reuses its gradient graph.
+    """
     from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 
     def matvec(x: np.ndarray) -> np.ndarray:
@@ -128,8 +159,10 @@ class CurvatureOperator:
             ``model`` (a per-module block), or names / parameter tensors of ``model``.
         dtype: the probe's floating dtype; default float64 for a float64 model, else float32
             (probes never run in reduced precision or under autocast).
-        train: evaluate in train mode (the loss being optimized; BatchNorm uses batch statistics)
-            or in eval mode. The model's own modes are restored after every call.
+        train: evaluate in train mode (the loss being optimized; BatchNorm uses batch statistics),
+            in eval mode (``False``), or with every module's mode as it is (``None``: for models
+            that keep some modules, e.g. a frozen BatchNorm, in eval mode while training). The
+            model's own modes are restored after every call.
         seed: dropout seed. Batch ``b`` is always evaluated with seed ``seed + b``, so every matvec
             of one solve sees the same masks; the global RNG is left untouched.
         weights: per-batch weights :math:`w_b` (normalized to sum 1); by default the batch sizes,
@@ -151,13 +184,14 @@ class CurvatureOperator:
         params: ParamSpec = None,
         *,
         dtype: torch.dtype | None = None,
-        train: bool = True,
+        train: bool | None = True,
         seed: int = 0,
         weights: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_loss_signature(loss_fn)
+        model = _unwrap(model)
         self.model = model
         self.loss_fn = loss_fn
         self.param_names = _select_parameters(model, params)
@@ -174,6 +208,21 @@ class CurvatureOperator:
         self.seed = seed
         self.num_hvps = 0
         self._loss_module = _LossModule(model, loss_fn)
+        self._sessions = 0
+
+    # -- the span of a solve ----------------------------------------------------------------------
+    def __enter__(self) -> CurvatureOperator:
+        """Start a solve: caches (such as a gradient graph) may live until :meth:`__exit__`."""
+        self._sessions += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._sessions -= 1
+        if self._sessions == 0:
+            self.release()
+
+    def release(self) -> None:
+        """Free whatever the operator caches between products (nothing, in the base)."""
 
     # -- the LinearOperator protocol ---------------------------------------------------------
     @property
@@ -198,9 +247,14 @@ class CurvatureOperator:
 
         Returns the same form it was given, in the operator's dtype and on its device.
         """
+        if isinstance(v, Mapping):
+            raise TypeError(
+                "pass a flat vector or a sequence of tensors in parameter order (op.param_names), "
+                "not a mapping"
+            )
         flat_input = isinstance(v, Tensor)
-        vectors = self.unflatten(self._check_flat(v)) if flat_input else self._check_tuple(v)
-        with probe_guard(self.model, train=self.train):
+        with probe_guard(self.model, self._device, train=self.train):
+            vectors = self.unflatten(self._check_flat(v)) if flat_input else self._check_tuple(v)
             result = self._matvec(vectors)
         self.num_hvps += 1
         return self.flatten(result) if flat_input else result
@@ -237,9 +291,10 @@ class CurvatureOperator:
         """Everything ``functional_call`` needs besides θ, so the model's own tensors stay unused.
 
         Parameters outside θ are detached; buffers are copied, so nothing a forward pass writes
-        reaches the model. In train mode BatchNorm's running statistics are passed as ``None``:
-        they do not enter the train-mode output, and without them BatchNorm updates nothing
-        (which also lets forward-mode AD run, as it refuses to mutate captured tensors).
+        reaches the model. The running statistics of a BatchNorm in train mode are passed as
+        ``None``: they do not enter its train-mode output, and without them it updates nothing
+        (which also lets forward-mode AD run, as it refuses to mutate captured tensors). Call
+        inside :func:`probe_guard`, where the modes are those of the probe.
         """
         selected = set(self.param_names)
         frozen: dict[str, Tensor | None] = {
@@ -247,16 +302,13 @@ class CurvatureOperator:
             for name, p in self.model.named_parameters()
             if name not in selected
         }
-        frozen.update(
-            {name: _cast(b.detach(), self._dtype).clone() for name, b in self.model.named_buffers()}
-        )
-        if self.train:
-            for prefix, module in self.model.named_modules():
-                if isinstance(module, nn.modules.batchnorm._NormBase):
-                    for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-                        key = f"{prefix}.{buffer}" if prefix else buffer
-                        if key in frozen:
-                            frozen[key] = None
+        skipped = set()
+        for prefix, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:
+                for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                    skipped.add(f"{prefix}.{buffer}" if prefix else buffer)
+        for name, buffer in self.model.named_buffers():
+            frozen[name] = None if name in skipped else _cast(buffer.detach(), self._dtype).clone()
         return frozen
 
     def _batch_loss(
@@ -265,7 +317,7 @@ class CurvatureOperator:
         """ℓ(θ; B_index), with θ taken from ``params``; call inside :func:`probe_guard`."""
         tensors = {f"model.{name}": p for name, p in zip(self.param_names, params)}
         tensors.update({f"model.{name}": t for name, t in frozen.items()})
-        torch.manual_seed(self.seed + index)
+        seed_probe(self._device, self.seed + index)
         loss = functional_call(self._loss_module, tensors, (self.probe[index],))
         if not isinstance(loss, Tensor) or loss.ndim != 0:
             got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
@@ -300,7 +352,7 @@ class CurvatureOperator:
                 f"expected a flat vector of shape ({n},), got {tuple(v.shape)}; "
                 "use op.flatten(tensors) for parameter-shaped input"
             )
-        return v.to(device=self._device, dtype=self._dtype)
+        return _usable(v.to(device=self._device, dtype=self._dtype))
 
     def _check_tuple(self, v: Sequence[Tensor]) -> tuple[Tensor, ...]:
         if len(v) != len(self._shapes) or any(t.shape != s for t, s in zip(v, self._shapes)):
@@ -309,7 +361,7 @@ class CurvatureOperator:
                 f"expected tensors shaped like the parameters {[tuple(s) for s in self._shapes]}, "
                 f"got {got}"
             )
-        return tuple(t.to(device=self._device, dtype=self._dtype) for t in v)
+        return tuple(_usable(t.to(device=self._device, dtype=self._dtype)) for t in v)
 
 
 # -- helpers for the constructor ---------------------------------------------------------------
@@ -369,6 +421,18 @@ def _select_parameters(model: nn.Module, params: ParamSpec) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module that holds the parameters: through ``torch.compile`` (whose graphs have no
+    double backward) and (Distributed)DataParallel wrappers, which share their parameters."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def _default_dtype(model: nn.Module) -> torch.dtype:
     dtypes = {p.dtype for p in model.parameters()}
     return torch.float64 if dtypes == {torch.float64} else torch.float32
@@ -379,10 +443,16 @@ def _cast(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    """A private copy of the batch on ``device``: the probe stays fixed whatever the caller does."""
     if isinstance(batch, Tensor):
-        return _cast(batch.to(device), dtype)
+        copy = _cast(batch.detach().to(device), dtype)
+        return copy.clone() if copy.data_ptr() == batch.data_ptr() or copy.is_inference() else copy
     if isinstance(batch, Mapping):
-        return type(batch)({k: _to_device(v, device, dtype) for k, v in batch.items()})
+        items = {k: _to_device(v, device, dtype) for k, v in batch.items()}
+        try:
+            return type(batch)(items)
+        except TypeError:  # mappings whose constructor takes other arguments (defaultdict)
+            return items
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(_to_device(v, device, dtype) for v in batch))
     if isinstance(batch, (list, tuple)):
@@ -390,12 +460,18 @@ def _to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     return batch
 
 
+def _usable(tensor: Tensor) -> Tensor:
+    """Tensors made under ``torch.inference_mode`` cannot enter autograd; a copy made outside can."""
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
 def _materialize_probe(probe: Iterable[Batch], device: torch.device, dtype: torch.dtype) -> list:
     if isinstance(probe, (Tensor, Mapping)):
         raise TypeError(
             f"probe must be a list of batches, got a single {type(probe).__name__}; wrap it: [batch]"
         )
-    batches = [_to_device(batch, device, dtype) for batch in probe]
+    with torch.inference_mode(False):  # the copies must be usable by autograd later
+        batches = [_to_device(batch, device, dtype) for batch in probe]
     if not batches:
         raise ValueError("the probe is empty; pass a list with at least one batch")
     return batches

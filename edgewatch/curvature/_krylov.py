@@ -1,21 +1,34 @@
-r"""The Lanczos process: an orthonormal Krylov basis and its tridiagonal matrix, step by step.
+r"""The Lanczos process: an orthonormal Krylov basis, its projected matrix, and exact residuals.
 
 After m steps from a unit vector :math:`q_1`, :math:`H Q_m = Q_m T_m + β_m q_{m+1} e_m^\top` with
-:math:`Q_m` orthonormal and :math:`T_m` tridiagonal (diagonal α, off-diagonal β). Both the top-k
-solver (:mod:`~edgewatch.curvature.lanczos`) and spectral density estimation
+:math:`Q_m` orthonormal and :math:`T_m = Q_m^\top H Q_m` tridiagonal. Both the top-k solver
+(:mod:`~edgewatch.curvature.lanczos`) and spectral density estimation
 (:mod:`~edgewatch.curvature.density`) run this one process.
 
 Every new vector is orthogonalized against the whole basis twice ("twice is enough", Giraud et
-al. 2005): full reorthogonalization costs O(mn) per step, negligible next to an HVP, and keeps the
-Ritz values free of the spurious copies plain Lanczos produces in finite precision. The vectors stay
-in the operator's dtype and on its device; α and β go to the host in float64 (one sync per step,
-which the stopping test needs anyway).
+al. 2005). The coefficients of that orthogonalization are kept, so :math:`T_m` is the full
+projection :math:`Q_m^\top H Q_m` (tridiagonal up to rounding) and Rayleigh-Ritz stays exact even
+after a *restart*: when the Krylov space becomes (nearly) invariant, or when the solver asks for a
+fresh direction to look for eigenvalues it may have missed (repeated eigenvalues), the process
+continues from a random vector orthogonal to the basis and remembers the residual it set aside.
+The residual of a Ritz pair :math:`(θ, Q_m s)` is then, exactly,
+
+.. math::
+    H Q_m s - θ Q_m s = β_m s_m q_{m+1} + \sum_{j \in \text{restarts}} s_j (I - Q_m Q_m^\top) w_j,
+
+with :math:`w_j` the residual set aside at restart j. Vectors stay in the operator's dtype and on
+its device; the projected matrix lives on the host in float64 (one small transfer per step, which
+the stopping test needs anyway).
+
+References:
+    Lanczos 1950, https://doi.org/10.6028/jres.045.026; Giraud, Langou, Rozloznik 2005, The loss of
+    orthogonality in the Gram-Schmidt orthogonalization process, https://doi.org/10.1016/j.camwa.2005.08.009
+    Golub and Van Loan, Matrix Computations (4th ed.), sections 10.1 and 10.3.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -25,92 +38,142 @@ __all__ = ["LanczosProcess"]
 
 
 class LanczosProcess:
-    """Lanczos tridiagonalization of ``op`` from ``start`` with full reorthogonalization.
+    """Lanczos with full reorthogonalization and restarts, on any symmetric operator.
 
     Args:
         op: a symmetric linear operator.
         start: the starting vector (any nonzero norm).
-        generator: random source for a fresh direction after a breakdown.
-        restart: on a breakdown (the Krylov space became invariant, β = 0), continue with a random
-            vector orthogonal to the basis (top-k solves) instead of stopping (quadrature, where the
-            Krylov space of the start vector is the point).
+        generator: random source for restart directions.
+        restart: on a breakdown (the Krylov space became invariant up to √eps), continue with a
+            random vector orthogonal to the basis (eigensolves) instead of stopping (quadrature,
+            where the Krylov space of the start vector is the point).
+        capacity: how many steps to allocate room for at first (grown on demand).
     """
 
     def __init__(
-        self, op: LinearOperator, start: Tensor, *, generator: torch.Generator, restart: bool = True
+        self,
+        op: LinearOperator,
+        start: Tensor,
+        *,
+        generator: torch.Generator,
+        restart: bool = True,
+        capacity: int = 16,
     ) -> None:
         self.op = op
         self.dimension = op.shape[0]
         self.generator = generator
-        self.restart = restart
-        self.alphas: list[float] = []
-        self.betas: list[float] = []
+        self.allow_restart = restart
         self.exhausted = False  # no further step possible (full space, or breakdown without restart)
         self.nonfinite = False
-        self.restarted = False  # the last step hit an invariant subspace and restarted
-        self.block_start = 0  # first basis index after the latest restart (T is block diagonal)
-        self._basis = torch.empty(min(self.dimension, 16) + 1, self.dimension, dtype=op.dtype, device=op.device)
-        norm = torch.linalg.vector_norm(start)
-        self._basis[0] = start / norm
-        self._scale = 0.0  # running estimate of ||T||, for the breakdown test
+        self.breakdowns = 0  # restarts forced by an invariant subspace
+        self._size = 0
+        rows = min(self.dimension, capacity) + 1
+        self._basis = torch.empty(rows, self.dimension, dtype=op.dtype, device=op.device)
+        self._basis[0] = start / torch.linalg.vector_norm(start)
+        self._projected = np.zeros((rows, rows))
+        self._beta = 0.0  # norm of the residual of the last step, along the pending basis vector
+        self._set_aside: list[tuple[int, Tensor]] = []  # (step j, w_j) for restarts with w_j != 0
+        self._scale = 0.0  # running estimate of ||H||, for the breakdown test
+        self._breakdown = float(torch.finfo(op.dtype).eps) ** 0.5
 
     @property
     def size(self) -> int:
-        """m, the number of completed steps (and of basis vectors in T_m)."""
-        return len(self.alphas)
+        """m, the number of completed steps (= HVPs)."""
+        return self._size
 
     @property
     def basis(self) -> Tensor:
         """Q_m, shape (m, n)."""
-        return self._basis[: self.size]
-
-    def step(self) -> None:
-        """One HVP: extend the basis by one vector, T by one row."""
-        j = self.size
-        self.restarted = False
-        q = self._basis[j]
-        w = self.op(q)
-        alpha = torch.dot(q, w)
-        basis = self._basis[: j + 1]  # (j+1, n)
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)
-        beta = torch.linalg.vector_norm(w)
-        alpha_host, beta_host = torch.stack([alpha, beta]).double().tolist()  # the sync
-        self.alphas.append(alpha_host)
-        if not (np.isfinite(alpha_host) and np.isfinite(beta_host)):
-            self.nonfinite = self.exhausted = True
-            self.betas.append(float("nan"))
-            return
-        self._scale = max(self._scale, abs(alpha_host), beta_host)
-        if j + 1 >= self.dimension:
-            self.exhausted = True
-            self.betas.append(0.0)
-            return
-        if beta_host <= torch.finfo(self.op.dtype).eps * self._scale:
-            self.betas.append(0.0)
-            if not self.restart:
-                self.exhausted = True
-                return
-            w = self._random_orthogonal(basis)
-            self.restarted = True
-            self.block_start = j + 1
-        else:
-            self.betas.append(beta_host)
-            w = w / beta
-        self._grow(j + 2)
-        self._basis[j + 1] = w
-
-    def tridiagonal_eigh(self) -> tuple[np.ndarray, np.ndarray]:
-        """Eigenvalues θ (ascending) and eigenvectors S of T_m, in float64."""
-        alphas = np.asarray(self.alphas, dtype=np.float64)
-        if self.size == 1:
-            return alphas, np.ones((1, 1))
-        return scipy.linalg.eigh_tridiagonal(alphas, np.asarray(self.betas[:-1], dtype=np.float64))
+        return self._basis[: self._size]
 
     @property
-    def last_beta(self) -> float:
-        """β_m, the coupling to the next basis vector: residual of Ritz pair i is |β_m S[m-1, i]|."""
-        return self.betas[-1]
+    def projected(self) -> np.ndarray:
+        """T_m = Q_mᵀ H Q_m, (m, m) float64."""
+        return self._projected[: self._size, : self._size]
+
+    def step(self) -> None:
+        """One HVP: extend the basis by one vector and the projected matrix by one row/column."""
+        j = self._size
+        q = self._basis[j]
+        w = self.op(q)
+        basis = self._basis[: j + 1]  # (j+1, n)
+        coefficients = basis @ w
+        w = w - basis.T @ coefficients
+        correction = basis @ w
+        w = w - basis.T @ correction
+        beta = torch.linalg.vector_norm(w)
+        host = torch.cat([coefficients + correction, beta[None]]).cpu().double().numpy()  # the sync
+        self._size += 1
+        self._grow(j + 2)
+        self._projected[: j + 1, j] = host[:-1]
+        self._projected[j, : j + 1] = host[:-1]
+        beta_host = float(host[-1])
+        if not np.isfinite(host).all():
+            self.nonfinite = self.exhausted = True
+            return
+        self._scale = max(self._scale, float(np.abs(host[:-1]).max()), beta_host)
+        if j + 1 >= self.dimension:
+            self.exhausted = True
+            self._beta = 0.0
+            return
+        if beta_host <= self._breakdown * self._scale:
+            self.breakdowns += 1
+            if not self.allow_restart:
+                self.exhausted = True
+                self._beta = beta_host
+                self._basis[j + 1] = w / beta if beta_host > 0 else 0.0
+                return
+            self._restart_from(j, w if beta_host > 0 else None)
+            return
+        self._beta = beta_host
+        self._basis[j + 1] = w / beta
+
+    def restart(self) -> bool:
+        """Set the pending direction aside and continue from a random orthogonal vector.
+
+        Used to look for eigenvalues the Krylov space of the start vector cannot see (copies of
+        a repeated eigenvalue). Returns False when the space is full.
+        """
+        if self._size >= self.dimension or self.exhausted:
+            return False
+        pending = self._beta * self._basis[self._size] if self._beta > 0 else None
+        self._restart_from(self._size - 1, pending)
+        return True
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ritz values θ (ascending), vectors S of T_m (columns), and residuals ‖HQs − θQs‖."""
+        theta, s = np.linalg.eigh(self.projected)
+        return theta, s, self._residual_norms(s)
+
+    def _residual_norms(self, s: np.ndarray) -> np.ndarray:
+        m = self._size
+        directions, weights = [], []  # residual_i = Σ_l weights[l][i] · directions[l]
+        if self._beta > 0 and m < self.dimension:
+            directions.append(self._basis[m])
+            weights.append(self._beta * s[m - 1])
+        if self._set_aside:
+            basis = self.basis
+            for j, w in self._set_aside:
+                for _ in range(2):
+                    w = w - basis.T @ (basis @ w)
+                directions.append(w)
+                weights.append(s[j])
+        if not directions:
+            return np.zeros(s.shape[1])
+        u = torch.stack(directions)  # (p, n)
+        gram = (u @ u.T).cpu().double().numpy()  # (p, p)
+        a = np.stack(weights)  # (p, k)
+        return np.sqrt(np.maximum(np.einsum("pi,pq,qi->i", a, gram, a), 0.0))
+
+    def _restart_from(self, j: int, set_aside: Tensor | None) -> None:
+        if set_aside is not None:
+            self._set_aside.append((j, set_aside))
+        basis = self._basis[: j + 1]
+        w = torch.randn(self.dimension, generator=self.generator, dtype=self.op.dtype, device=self.op.device)
+        for _ in range(2):
+            w = w - basis.T @ (basis @ w)
+        self._basis[j + 1] = w / torch.linalg.vector_norm(w)
+        self._beta = 0.0
 
     def _grow(self, rows: int) -> None:
         if rows <= self._basis.shape[0]:
@@ -119,9 +182,7 @@ class LanczosProcess:
         grown = self._basis.new_empty(capacity, self.dimension)
         grown[: self._basis.shape[0]] = self._basis
         self._basis = grown
-
-    def _random_orthogonal(self, basis: Tensor) -> Tensor:
-        w = torch.randn(self.dimension, generator=self.generator, dtype=self.op.dtype, device=self.op.device)
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)
-        return w / torch.linalg.vector_norm(w)
+        projected = np.zeros((capacity, capacity))
+        old = self._projected.shape[0]
+        projected[:old, :old] = self._projected
+        self._projected = projected

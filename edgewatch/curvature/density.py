@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import LanczosProcess
 from edgewatch.curvature.trace import rademacher
 
@@ -53,6 +53,7 @@ class SpectralDensity(NamedTuple):
     num_hvps: int
 
 
+@solver
 def spectral_density(
     op: LinearOperator,
     num_probes: int = 4,
@@ -78,13 +79,13 @@ def spectral_density(
     generator = torch.Generator(device=op.device).manual_seed(seed)
     nodes, weights, used = [], [], 0
     for start in rademacher(op.shape[0], num_probes, op, generator).T:
-        process = LanczosProcess(op, start, generator=generator, restart=False)
+        process = LanczosProcess(op, start, generator=generator, restart=False, capacity=num_steps)
         while process.size < num_steps and not process.exhausted:
             process.step()
         used += process.size
         if process.nonfinite:
             raise FloatingPointError("the operator returned non-finite values; no density to estimate")
-        theta, s = process.tridiagonal_eigh()
+        theta, s = np.linalg.eigh(process.projected)
         nodes.append(theta)
         weights.append(s[0] ** 2)
     all_nodes = np.concatenate(nodes)

@@ -2,7 +2,7 @@ r"""The Hessian of the probe loss as a linear operator, :math:`v \mapsto Hv`.
 
 :math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (DESIGN.md section 3), applied by one of
 the two methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
-architecture and keeps the faster one that agrees with double backward.
+and loss and keeps the faster one that agrees with double backward.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["HVP_METHODS", "HessianOperator"]
 
 HVP_METHODS = ("double_backward", "forward_over_reverse")
 
-# Architecture signature -> the method "auto" chose, so new operators on the same model (one per
+# (model, loss, settings) -> the method "auto" chose, so new operators on the same model (one per
 # probe, say) do not time again.
 _AUTO_CHOICES: dict[tuple, str] = {}
 
@@ -37,18 +37,20 @@ class HessianOperator(CurvatureOperator):
         Hv = \sum_b w_b\, \nabla^2_θ \ell(θ; B_b)\, v
 
     With ``method="double_backward"`` and ``reuse_graph=True`` (the default choice on CPU) the
-    gradient graph at the current θ is built once and every further product is one backward
-    pass; the graph is rebuilt automatically when any parameter or buffer of the model changes
-    (optimizer step, forward pass) and dropped by :meth:`release`.
+    gradient graph at the current θ is built once per solve and every further product is one
+    backward pass. A solve is the span of ``with op:`` (every solver in
+    :mod:`edgewatch.curvature` enters it); outside one, each product builds and frees its own
+    graph, so nothing is held between training steps and no graph outlives the θ it was built
+    at. Inside a solve the graph is also rebuilt if a parameter or buffer is updated in place.
 
     Args:
         model, loss_fn, probe, params, dtype, train, seed, weights: see
             :class:`~edgewatch.curvature._base.CurvatureOperator`.
         method: ``"double_backward"``, ``"forward_over_reverse"`` or ``"auto"``: time both once
-            for this architecture (on a random vector, outside the HVP count), keep the faster
+            for this model and loss (on a random vector, outside the HVP count), keep the faster
             one that matches double backward, and remember the choice.
-        reuse_graph: keep the gradient graph between products (double backward only). Costs the
-            memory of one forward and backward pass over the whole probe set.
+        reuse_graph: keep the gradient graph between the products of one solve (double backward
+            only). Costs the memory of one forward and backward pass over the whole probe set.
 
     Example:
         >>> model = nn.Linear(3, 1, bias=False)
@@ -70,7 +72,7 @@ class HessianOperator(CurvatureOperator):
         method: str = "auto",
         reuse_graph: bool = True,
         dtype: torch.dtype | None = None,
-        train: bool = True,
+        train: bool | None = True,
         seed: int = 0,
         weights: Sequence[float] | None = None,
     ) -> None:
@@ -99,7 +101,10 @@ class HessianOperator(CurvatureOperator):
             self._method = self._choose_method()
             _AUTO_CHOICES[self._signature()] = self._method
         if self._method == "double_backward" and self.reuse_graph:
-            return self._gradient_graph().hvp(v)
+            result = self._gradient_graph().hvp(v)
+            if not self._sessions:  # a lone product: hold nothing afterwards
+                self.release()
+            return result
         hvp = hvp_double_backward if self._method == "double_backward" else hvp_forward_over_reverse
         params, frozen = self._current_parameters(), self._frozen_tensors()
         total = tuple(torch.zeros_like(p) for p in params)
@@ -119,9 +124,10 @@ class HessianOperator(CurvatureOperator):
         return self._graph
 
     def _signature(self) -> tuple:
+        """The model, loss and settings "auto" measured for (new operators on them reuse it)."""
         named = dict(self.model.named_parameters())
         shapes = tuple((name, tuple(named[name].shape)) for name in self.param_names)
-        return type(self.model).__qualname__, shapes, self.device.type, self.dtype, self.train, self.reuse_graph
+        return id(self.model), id(self.loss_fn), shapes, self.device, self.dtype, self.train, self.reuse_graph
 
     def _choose_method(self) -> str:
         """Time each method on a random vector; keep the fastest that agrees with double backward."""
@@ -157,7 +163,10 @@ class HessianOperator(CurvatureOperator):
                 stacklevel=4,
             )
             del costs["forward_over_reverse"]
-        return min(costs, key=costs.get)
+        choice = min(costs, key=costs.get)
+        if choice != "double_backward":
+            self.release()  # the timing graph
+        return choice
 
 
 def _relative_difference(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:

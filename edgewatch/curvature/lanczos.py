@@ -1,14 +1,11 @@
 r"""Top-k (or bottom-k) eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
 Ritz pairs :math:`(θ_i, y_i = Q_m s_i)` of :math:`T_m` approximate eigenpairs of H, and their residual
-is available without another HVP:
-
-.. math::
-    \| H y_i - θ_i y_i \| = |β_m\, s_{m,i}|,
-
-which also bounds the eigenvalue error, :math:`\min_j |λ_j - θ_i| \le |β_m s_{m,i}|`. The solver stops
-as soon as every requested pair has :math:`|β_m s_{m,i}| \le \text{tol}\, |θ_i|`, or at the HVP
-budget, and says which: a result is never silently unconverged.
+is available without another HVP (without restarts, :math:`\| H y_i - θ_i y_i \| = |β_m\, s_{m,i}|`;
+see :mod:`~edgewatch.curvature._krylov`). It bounds the eigenvalue error,
+:math:`\min_j |λ_j - θ_i| \le \|H y_i - θ_i y_i\|`. The solver stops as soon as every requested pair
+has a residual below :math:`\text{tol}\, |θ_i|` (and the answer survives verification, below), or at
+the HVP budget, and says which: a result is never silently unconverged.
 
 References:
     Lanczos 1950, An iteration method for the solution of the eigenvalue problem of linear
@@ -24,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import LanczosProcess
 
 __all__ = ["EigenResult", "WHICH", "lanczos"]
@@ -50,6 +47,7 @@ class EigenResult(NamedTuple):
     num_hvps: int
 
 
+@solver
 def lanczos(
     op: LinearOperator,
     k: int = 1,
@@ -69,14 +67,22 @@ def lanczos(
         which: ``"LA"`` largest algebraic (sharpness: λ_1 ≥ λ_2 ≥ …, descending), ``"SA"``
             smallest algebraic (most negative first, ascending), ``"LM"`` largest magnitude
             (descending |λ|), ``"BE"`` both ends (⌈k/2⌉ largest and ⌊k/2⌋ smallest, descending).
-        tol: stop when every requested pair has :math:`\|Hy - θy\| \le \text{tol}\,|θ|`. In float32
-            the HVPs themselves carry relative error ~1e-6, so tolerances much below that cannot
-            be met and the solve ends unconverged at the budget.
-        max_hvps: HVP budget (= maximum Krylov dimension); default ``min(n, max(100, 10 k))``.
+        tol: stop when every requested pair has :math:`\|Hy - θy\| \le \text{tol}\,|θ|`
+            (for θ near 0, relative to :math:`\text{eps}^{2/3}\|H\|` instead, as ARPACK does). In
+            float32 the HVPs themselves carry relative error ~1e-6, so tolerances much below that
+            cannot be met and the solve ends unconverged at the budget.
+        max_hvps: HVP budget; default ``min(n, max(100, 10 k))``.
         v0: warm start: a flat vector ``(n,)``, or previous Ritz vectors ``(n, j)`` whose
             normalized sum starts the iteration, so every one of them is in the Krylov space.
-        seed: seeds the random start (and fresh directions after an exact breakdown); the
-            global RNG is not used.
+        seed: seeds the random start and restart directions; the global RNG is not used.
+
+    One Krylov space sees each distinct eigenvalue once, so copies of a repeated eigenvalue, or
+    eigenvalues outside an invariant subspace the start vector happened to span, are invisible
+    to it. Whenever that can matter (k > 1, a warm start, or a breakdown) a converged answer is
+    verified: the process continues for a few steps from a random direction orthogonal to
+    everything seen, and the answer stands only if those steps do not change it. A warm start
+    near a crossing of two close eigenvalues can still lock onto the old one; cold-start now and
+    then when that matters.
 
     Returns:
         :class:`EigenResult`. ``converged=False`` means the budget ran out first; the
@@ -84,7 +90,7 @@ def lanczos(
 
     Raises:
         ValueError: k out of range, unknown ``which``, nonpositive ``tol``, a budget below k,
-            a zero or wrongly shaped ``v0``.
+            a zero, non-finite or wrongly shaped ``v0``.
 
     Example:
         >>> from edgewatch.curvature import MatrixOperator
@@ -107,26 +113,34 @@ def lanczos(
 
     generator = torch.Generator(device=op.device).manual_seed(seed)
     start = _start_vector(op, v0, generator)
-    process = LanczosProcess(op, start, generator=generator, restart=True)
+    process = LanczosProcess(op, start, generator=generator, restart=True, capacity=min(budget, 64))
+    eps = float(torch.finfo(op.dtype).eps)
+    verify_steps = min(max(3, k), 10)
+    verifying_until, before = None, None
     while True:
         process.step()
         if process.nonfinite:
             return _nonfinite_result(op, k, process.size)
         out_of_budget = process.size >= budget or process.exhausted
-        # Right after a breakdown every Ritz pair so far is exact, but eigenvalues outside the
-        # invariant subspace found have not been seen yet: never claim convergence there.
-        can_stop = process.size >= k and not process.restarted
-        if not (can_stop or out_of_budget):
+        if process.size < k and not out_of_budget:
             continue
-        theta, s = process.tridiagonal_eigh()
+        theta, s, all_residuals = process.ritz()
         chosen = _select(theta, k, which)
-        # |β_m s_mi| can fall far below what the operator's own rounding allows (eps ||H||);
-        # reporting less than that floor would claim an accuracy no HVP in this dtype has.
-        floor = torch.finfo(op.dtype).eps * np.abs(theta).max()
-        residuals = np.maximum(np.abs(process.last_beta * s[-1, chosen]), floor)
-        converged = can_stop and bool(np.all(residuals <= tol * np.abs(theta[chosen])))
-        if converged and process.block_start > 0:
-            converged = _newest_block_settled(process, theta, s, which, tol, floor)
+        # Residuals are never reported below what the operator's own rounding allows.
+        residuals = np.maximum(all_residuals[chosen], eps * np.abs(theta).max())
+        scale = np.maximum(np.abs(theta[chosen]), eps ** (2 / 3) * np.abs(theta).max())
+        met = process.size >= k and bool(np.all(residuals <= tol * scale))
+        converged = False
+        if verifying_until is not None and (process.size >= verifying_until or process.exhausted):
+            verifying_until = None
+            converged = met and not bool(np.any(np.abs(theta[chosen] - before) > tol * scale))
+        elif met and verifying_until is None:
+            if process.exhausted or not _needs_verification(k, v0, process):
+                converged = True
+            elif process.restart():
+                before, verifying_until = theta[chosen], process.size + verify_steps
+            else:  # the basis spans everything: the pairs are exact
+                converged = True
         if converged or out_of_budget:
             break
 
@@ -141,6 +155,12 @@ def lanczos(
     )
 
 
+def _needs_verification(k: int, v0: Tensor | None, process: LanczosProcess) -> bool:
+    """When one Krylov space may have missed a wanted eigenvalue: several wanted (copies of a
+    repeated one), a start that is not random, or a subspace that closed on itself."""
+    return k > 1 or v0 is not None or process.breakdowns > 0
+
+
 def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     """Indices of the wanted Ritz values (theta ascending), in the documented order."""
     if which == "LA":
@@ -151,19 +171,6 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
         return np.argsort(-np.abs(theta), kind="stable")[:k]
     top, bottom = (k + 1) // 2, k // 2
     return np.concatenate([np.arange(len(theta) - 1, len(theta) - 1 - top, -1), np.arange(bottom)[::-1]])
-
-
-def _newest_block_settled(
-    process: LanczosProcess, theta: np.ndarray, s: np.ndarray, which: str, tol: float, floor: float
-) -> bool:
-    """After a breakdown, the pairs of the earlier blocks are exact but only span an invariant
-    subspace; the eigenvalues outside it show up in the newest block. Its extreme Ritz pair (at
-    the end ``which`` asks for) must have converged too before the answer can be trusted."""
-    newest = np.flatnonzero((s[process.block_start :] ** 2).sum(axis=0) > 0.5)
-    ends = {"LA": [newest[-1]], "SA": [newest[0]], "BE": [newest[-1], newest[0]]}
-    sentinels = ends.get(which, [newest[np.argmax(np.abs(theta[newest]))]])
-    residuals = np.maximum(np.abs(process.last_beta * s[-1, sentinels]), floor)
-    return bool(np.all(residuals <= tol * np.abs(theta[sentinels])))
 
 
 def _start_vector(op: LinearOperator, v0: Tensor | None, generator: torch.Generator) -> Tensor:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature.lanczos import EigenResult
 
 __all__ = ["power_iteration"]
 
 
+@solver
 def power_iteration(
     op: LinearOperator,
     k: int = 1,
@@ -63,6 +64,7 @@ def power_iteration(
     generator = torch.Generator(device=op.device).manual_seed(seed)
     vectors = torch.zeros(n, 0, dtype=op.dtype, device=op.device)  # (n, found)
     values, residuals, used, converged = [], [], 0, True
+    floor, largest = float(torch.finfo(op.dtype).eps) ** (2 / 3), 0.0
     for i in range(k):
         v = _deflate(torch.randn(n, generator=generator, dtype=op.dtype, device=op.device), vectors)
         v = v / torch.linalg.vector_norm(v)
@@ -72,12 +74,15 @@ def power_iteration(
             used += 1
             theta = torch.dot(v, hv)
             residual = torch.linalg.vector_norm(hv - theta * v)
-            theta_host, residual_host = torch.stack([theta, residual]).double().tolist()  # the sync
-            if residual_host <= tol * abs(theta_host) or not _finite(theta_host, residual_host):
+            theta_host, residual_host = torch.stack([theta, residual]).cpu().tolist()  # the sync
+            # Near-zero eigenvalues are judged against eps^(2/3)·||H|| (as in ARPACK).
+            scale = max(abs(theta_host), floor * max(abs(theta_host), largest))
+            if residual_host <= tol * scale or not _finite(theta_host, residual_host):
                 break
             w = _deflate(hv, vectors)
             v = w / torch.linalg.vector_norm(w)
-        pair_converged = residual_host <= tol * abs(theta_host)
+        pair_converged = residual_host <= tol * scale
+        largest = max(largest, abs(theta_host))
         converged = converged and pair_converged
         values.append(theta_host)
         residuals.append(residual_host)
@@ -98,13 +103,14 @@ def _rayleigh_ritz(op: LinearOperator, vectors: Tensor, tol: float, used: int) -
     """
     q, _ = torch.linalg.qr(vectors)  # (n, k)
     hq = torch.stack([op(col) for col in q.T], dim=1)  # (n, k)
-    small = (q.T @ hq).double().cpu()
+    small = (q.T @ hq).cpu().double()
     theta, s = torch.linalg.eigh((small + small.T) / 2)
     order = torch.argsort(theta.abs(), descending=True, stable=True)
     theta, s = theta[order], s[:, order].to(q.dtype).to(q.device)
     y = q @ s
-    residuals = torch.linalg.vector_norm(hq @ s - y * theta.to(q.dtype).to(q.device), dim=0).double().cpu()
-    converged = bool(torch.all(residuals <= tol * theta.abs()))
+    residuals = torch.linalg.vector_norm(hq @ s - y * theta.to(q.dtype).to(q.device), dim=0).cpu().double()
+    floor = float(torch.finfo(q.dtype).eps) ** (2 / 3) * theta.abs().max()
+    converged = bool(torch.all(residuals <= tol * torch.clamp(theta.abs(), min=floor)))
     return EigenResult(theta, y, residuals, converged, used + q.shape[1])
 
 

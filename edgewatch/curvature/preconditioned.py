@@ -63,6 +63,16 @@ class PreconditionedOperator:
     def device(self) -> torch.device:
         return self.op.device
 
+    def __enter__(self) -> PreconditionedOperator:
+        """A solve on this operator is a solve on the inner one (which may cache work)."""
+        if hasattr(self.op, "__enter__"):
+            self.op.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if hasattr(self.op, "__exit__"):
+            self.op.__exit__(*exc_info)
+
     def __call__(self, v: Tensor) -> Tensor:
         u = self._root * v
         hu = self.op(u)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature._base import LinearOperator, solver
 
 __all__ = ["TraceResult", "hutchinson_trace", "hutchpp_trace"]
 
@@ -42,6 +42,7 @@ def rademacher(n: int, count: int, op: LinearOperator, generator: torch.Generato
     return (2 * bits - 1).to(op.dtype)
 
 
+@solver
 def hutchinson_trace(op: LinearOperator, num_samples: int = 32, *, seed: int = 0) -> TraceResult:
     r"""Hutchinson's estimate :math:`\frac1N \sum_i z_i^\top H z_i` of tr H.
 
@@ -61,10 +62,12 @@ def hutchinson_trace(op: LinearOperator, num_samples: int = 32, *, seed: int = 0
     generator = torch.Generator(device=op.device).manual_seed(seed)
     probes = rademacher(op.shape[0], num_samples, op, generator)
     samples = torch.stack([torch.dot(z, op(z)) for z in probes.T])  # stays on device: no sync
-    mean, std = samples.double().mean().item(), samples.double().std().item()
+    samples = samples.cpu().double()  # the one sync; float64 on the host (MPS has none)
+    mean, std = samples.mean().item(), samples.std().item()
     return TraceResult(mean, std / math.sqrt(num_samples), num_samples)
 
 
+@solver
 def hutchpp_trace(op: LinearOperator, num_hvps: int = 48, *, seed: int = 0) -> TraceResult:
     r"""Hutch++: exact trace on a sketched top subspace plus Hutchinson on the rest.
 
@@ -89,6 +92,6 @@ def hutchpp_trace(op: LinearOperator, num_hvps: int = 48, *, seed: int = 0) -> T
     exact = sum(torch.dot(col, op(col)) for col in q.T)
     g = rademacher(n, remaining, op, generator)
     g = g - q @ (q.T @ g)
-    samples = torch.stack([torch.dot(col, op(col)) for col in g.T]).double()
+    samples = torch.stack([torch.dot(col, op(col)) for col in g.T]).cpu().double()
     estimate = float(exact) + samples.mean().item()
     return TraceResult(estimate, samples.std().item() / math.sqrt(remaining), 2 * sketch + remaining)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import scipy.sparse.linalg
 import torch
+from threadpoolctl import threadpool_limits
 
 import cases
-from edgewatch.curvature import HessianOperator, lanczos
+from edgewatch.curvature import HessianOperator, as_scipy_operator, lanczos
 from edgewatch.curvature import hessian as hessian_module
 
 METHODS = [
@@ -110,8 +112,53 @@ def test_sdpa_block_has_the_same_top_eigenvalue_as_explicit_softmax():
     for sdpa in (True, False):
         model = cases.block(dtype=torch.float64, sdpa=sdpa)
         op = HessianOperator(model, cases.next_token_loss, probe)
-        values.append(lanczos(op, k=1, tol=1e-10).eigenvalues[0])
+        result = lanczos(op, k=1, tol=1e-10)
+        assert result.converged
+        values.append(result.eigenvalues[0].item())
     assert abs(values[0] - values[1]) <= 1e-9 * abs(values[1])
+    # and it is the top eigenvalue, by an independent solver
+    with op, threadpool_limits(limits=1, user_api="blas"):
+        reference = scipy.sparse.linalg.eigsh(as_scipy_operator(op), k=1, which="LA", tol=1e-12)[0][0]
+    assert values[0] == pytest.approx(reference, rel=1e-9)
+
+
+def test_graph_lives_for_one_solve_only(mlp_case):
+    """Writes through .data (EMA, SWA) bump no version counter: no graph may survive a solve."""
+    model = cases.mlp(dtype=torch.float64)
+    op = HessianOperator(model, cases.cross_entropy, mlp_case.probe, method="double_backward")
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    lanczos(op, k=1, max_hvps=5)
+    assert op._graph is None
+    op(v)
+    assert op._graph is None  # a lone product frees its graph too
+    with op:
+        op(v)
+        assert op._graph is not None  # reused within a solve
+    assert op._graph is None
+    for p in model.parameters():
+        p.data.mul_(1.5)
+    fresh = HessianOperator(model, cases.cross_entropy, mlp_case.probe, method="double_backward")(v)
+    assert relative_error(op(v), fresh) < 1e-12
+
+
+def test_probe_is_a_private_copy(mlp_case):
+    model = cases.mlp(dtype=torch.float64)
+    probe = [(x.clone(), y.clone()) for x, y in mlp_case.probe]
+    op = HessianOperator(model, cases.cross_entropy, probe)
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    before = op(v)
+    probe[0][0].mul_(0)  # the caller reuses its buffers
+    assert torch.equal(op(v), before)
+
+
+def test_compiled_and_data_parallel_models_are_unwrapped(mlp_case):
+    model = cases.mlp(dtype=torch.float64)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    plain = HessianOperator(model, cases.cross_entropy, mlp_case.probe)(v)
+    for wrapped in (torch.compile(model), torch.nn.DataParallel(model)):
+        op = HessianOperator(wrapped, cases.cross_entropy, mlp_case.probe)
+        assert op.model is model
+        assert torch.equal(op(v), plain)
 
 
 def test_graph_is_rebuilt_after_an_optimizer_step(mlp_case):
@@ -119,11 +166,12 @@ def test_graph_is_rebuilt_after_an_optimizer_step(mlp_case):
     probe = mlp_case.probe
     op = HessianOperator(model, cases.cross_entropy, probe, method="double_backward", dtype=torch.float64)
     v = torch.randn(op.shape[0], dtype=torch.float64)
-    before = op(v)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    cases.cross_entropy(model, probe[0]).backward()
-    optimizer.step()
-    after = op(v)
+    with op:  # even within one solve, an in-place update of θ is noticed
+        before = op(v)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        cases.cross_entropy(model, probe[0]).backward()
+        optimizer.step()
+        after = op(v)
     fresh = HessianOperator(model, cases.cross_entropy, probe, method="double_backward", dtype=torch.float64)(v)
     assert relative_error(after, fresh) < 1e-12
     assert relative_error(after, before) > 1e-6  # the step did change the Hessian
@@ -153,12 +201,16 @@ def test_auto_picks_a_correct_method_and_remembers_it(monkeypatch):
     assert relative_error(result, reference) < 1e-12
 
     def must_not_time(self):
-        raise AssertionError("auto measured again for an architecture it has seen")
+        raise AssertionError("auto measured again for a model and loss it has seen")
 
-    monkeypatch.setattr(HessianOperator, "_choose_method", must_not_time)
-    again = HessianOperator(cases.mlp(seed=5), cases.cross_entropy, probe, method="auto", dtype=torch.float64)
-    assert again.method == op.method
-    again(v)
+    with monkeypatch.context() as patch:
+        patch.setattr(HessianOperator, "_choose_method", must_not_time)
+        again = HessianOperator(model, cases.cross_entropy, probe[:1], method="auto", dtype=torch.float64)
+        assert again.method == op.method
+        again(v)
+    # Another model (even of the same architecture) is measured on its own: its forward may differ.
+    other = HessianOperator(cases.mlp(seed=5), cases.cross_entropy, probe, method="auto", dtype=torch.float64)
+    assert other.method is None
 
 
 def test_auto_falls_back_when_forward_mode_fails():

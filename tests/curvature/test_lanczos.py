@@ -85,6 +85,38 @@ def test_start_on_a_lower_eigenvector_still_finds_the_top():
     assert result.eigenvalues[0].item() == pytest.approx(5.0, rel=1e-10)
 
 
+def test_repeated_eigenvalues_are_all_found():
+    """A linear model with 4 outputs under MSE: H = I_4 ⊗ Σ, every eigenvalue four times over.
+
+    One Krylov space sees each distinct eigenvalue once; the verification restart finds the copies.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4, bias=False).double()
+    batch = (torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 4, dtype=torch.float64))
+    loss = lambda m, b: 0.5 * (m(b[0]) - b[1]).pow(2).sum(-1).mean()  # noqa: E731
+    op = HessianOperator(model, loss, [batch])
+    expected = torch.linalg.eigvalsh(cases.dense_hessian(model, loss, [batch])).flip(0)
+    result = lanczos(op, k=5, tol=1e-8)
+    assert result.converged
+    torch.testing.assert_close(result.eigenvalues, expected[:5], rtol=1e-8, atol=0)
+    assert torch.allclose(expected[:4], expected[0].expand(4), rtol=1e-12)  # really repeated
+
+
+@pytest.mark.parametrize(
+    "matrix, expected",
+    [
+        (torch.eye(300, dtype=torch.float64), 1.0),
+        (torch.zeros(300, 300, dtype=torch.float64), 0.0),
+        (torch.diag(torch.cat([torch.tensor([5.0, 3.0, 1.0]), torch.zeros(297)]).double()), 5.0),
+    ],
+    ids=["identity", "zero", "rank3"],
+)
+def test_low_rank_and_degenerate_operators_converge_quickly(matrix, expected):
+    result = lanczos(MatrixOperator(matrix), k=1, tol=1e-8)
+    assert result.converged and result.num_hvps <= 10
+    assert result.eigenvalues[0].item() == pytest.approx(expected, abs=1e-12)
+
+
 def test_clustered_spectrum_converges_or_says_it_has_not(mlp_case):
     """An MLP at initialization with a small output layer: eigenvalues 4 to 10 lie within 8%.
 

@@ -6,9 +6,17 @@ import pytest
 import torch
 
 import cases
-from edgewatch.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration, spectral_density
+from edgewatch.curvature import (
+    HessianOperator,
+    hutchinson_trace,
+    hutchpp_trace,
+    lanczos,
+    power_iteration,
+    spectral_density,
+)
 
 METHODS = [
+    pytest.param({"method": "auto"}, id="auto"),
     pytest.param({"method": "double_backward", "reuse_graph": True}, id="double_backward-reuse"),
     pytest.param({"method": "double_backward", "reuse_graph": False}, id="double_backward"),
     pytest.param({"method": "forward_over_reverse"}, id="forward_over_reverse"),
@@ -58,13 +66,14 @@ def prepared_model(mode: str) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("options", METHODS)
-def test_operator_and_solvers_leave_everything_unchanged(mode, options):
+def test_operator_and_solvers_leave_everything_unchanged(mode, options, context):
     model = prepared_model(mode)
     probe = cases.digits_probe(sizes=(24, 16), images=True)
     before = snapshot(model)
-    with torch.no_grad():  # a caller inside no_grad must still get HVPs, and keep no_grad
+    with context():  # callers inside no_grad (or a trainer's inference_mode) still get HVPs
         op = HessianOperator(model, cases.cross_entropy, probe, **options)
         v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0))
         first = op(v)
@@ -72,6 +81,7 @@ def test_operator_and_solvers_leave_everything_unchanged(mode, options):
         lanczos(op, k=2, max_hvps=12)
         power_iteration(op, k=1, max_hvps=5)
         hutchinson_trace(op, num_samples=3)
+        hutchpp_trace(op, num_hvps=6)
         spectral_density(op, num_probes=1, num_steps=4)
         second = op(v)
     assert_unchanged(before, snapshot(model))
@@ -102,6 +112,43 @@ def test_batchnorm_uses_batch_statistics_in_train_probes():
     dense_eval = cases.dense_hessian(model, cases.cross_entropy, probe, train=False) @ v.double()
     assert torch.allclose(eval_probe, dense_eval, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(train_probe, eval_probe)
+
+
+def test_train_none_keeps_a_frozen_batchnorm_frozen():
+    """A BatchNorm kept in eval mode while training: train=None probes that loss, train=True does not."""
+    model = prepared_model("train")  # model[1] is a BatchNorm in eval mode
+    probe = cases.digits_probe(sizes=(24,), images=True)
+    model[-2].p = 0.0  # no dropout, so the dense reference can be compared exactly
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    as_is = HessianOperator(model, cases.cross_entropy, probe, train=None, dtype=torch.float64)(v)
+    all_train = HessianOperator(model, cases.cross_entropy, probe, train=True, dtype=torch.float64)(v)
+    assert model[1].training is False
+    dense = _dense_mixed_modes(model, probe) @ v
+    assert torch.allclose(as_is, dense, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(all_train, dense, rtol=1e-3)
+
+
+def _dense_mixed_modes(model, probe):
+    """Dense Hessian with each module in the mode it has now (BatchNorm stats read, not written)."""
+    import copy
+
+    model64 = copy.deepcopy(model).double()
+    for module, original in zip(model64.modules(), model.modules()):
+        module.training = original.training
+    names = [n for n, _ in model64.named_parameters()]
+    shapes = [p.shape for p in model64.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model64.parameters()])
+
+    def loss(theta):
+        params, start = {}, 0
+        for name, shape in zip(names, shapes):
+            params[name] = theta[start : start + shape.numel()].view(shape)
+            start += shape.numel()
+        buffers = {n: b.clone() for n, b in model64.named_buffers()}
+        x, y = probe[0]
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model64, {**params, **buffers}, (x.double(),)), y)
+
+    return torch.autograd.functional.hessian(loss, flat)
 
 
 def test_autocast_does_not_reach_the_probe():
