@@ -4,7 +4,7 @@ A solver (Lanczos, power iteration, Hutchinson, SLQ) accepts any symmetric linea
 callable ``op(v)`` on flat vectors with ``shape``, ``dtype`` and ``device``. :class:`CurvatureOperator`
 owns everything a curvature matrix of a model needs besides its one per-matvec formula: choosing and
 flattening the parameters θ, the fixed probe set and its size weights, moving batches to the model's
-device, and running every evaluation under :func:`~edgewatch.curvature._state.probe_guard`.
+device, and running every forward pass under :func:`~edgewatch.curvature._state.probe_guard`.
 """
 
 from __future__ import annotations
@@ -253,14 +253,25 @@ class CurvatureOperator:
                 "not a mapping"
             )
         flat_input = isinstance(v, Tensor)
-        with probe_guard(self.model, self._device, train=self.train):
+        # Backward passes through a retained graph still see autocast: keep it off here too.
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(self._device.type, enabled=False):
             vectors = self.unflatten(self._check_flat(v)) if flat_input else self._check_tuple(v)
             result = self._matvec(vectors)
         self.num_hvps += 1
         return self.flatten(result) if flat_input else result
 
     def _matvec(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The product on parameter-shaped tensors; run every forward pass inside :meth:`_probing`."""
         raise NotImplementedError
+
+    def _probing(self) -> contextlib.AbstractContextManager:
+        """The guard for forward passes through the model (modes, RNG, autocast, attention).
+
+        A backward pass through a graph built earlier runs no module code and draws no random
+        numbers (dropout masks are saved), so it needs only what :meth:`__call__` sets (grad
+        enabled, autocast off): skipping the rest saves ~0.5 ms per product.
+        """
+        return probe_guard(self.model, self._device, train=self.train)
 
     # -- parameter layout ----------------------------------------------------------------------
     def flatten(self, tensors: Sequence[Tensor]) -> Tensor:

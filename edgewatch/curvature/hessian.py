@@ -106,20 +106,22 @@ class HessianOperator(CurvatureOperator):
                 self.release()
             return result
         hvp = hvp_double_backward if self._method == "double_backward" else hvp_forward_over_reverse
-        params, frozen = self._current_parameters(), self._frozen_tensors()
-        total = tuple(torch.zeros_like(p) for p in params)
-        for index, weight in enumerate(self.weights):
-            hv = hvp(lambda p, i=index: self._batch_loss(i, p, frozen), params, v)
-            for accumulated, h in zip(total, hv):
-                accumulated.add_(h, alpha=weight)
+        with self._probing():
+            params, frozen = self._current_parameters(), self._frozen_tensors()
+            total = tuple(torch.zeros_like(p) for p in params)
+            for index, weight in enumerate(self.weights):
+                hv = hvp(lambda p, i=index: self._batch_loss(i, p, frozen), params, v)
+                for accumulated, h in zip(total, hv):
+                    accumulated.add_(h, alpha=weight)
         return total
 
     def _gradient_graph(self) -> GradientGraph:
         key = self._state_key()
         if self._graph is None or key != self._graph_key:
             self._graph = None  # free the old graph before building the new one
-            frozen = self._frozen_tensors()
-            self._graph = GradientGraph(lambda p: self._probe_loss(p, frozen), self._current_parameters())
+            with self._probing():
+                frozen = self._frozen_tensors()
+                self._graph = GradientGraph(lambda p: self._probe_loss(p, frozen), self._current_parameters())
             self._graph_key = key
         return self._graph
 
