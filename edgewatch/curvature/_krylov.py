@@ -44,7 +44,7 @@ class LanczosProcess:
         op: a symmetric linear operator.
         start: the starting vector (any nonzero norm).
         generator: random source for restart directions.
-        restart: on a breakdown (the Krylov space became invariant up to √eps), continue with a
+        restart: on a breakdown (the Krylov space became invariant to rounding), continue with a
             random vector orthogonal to the basis (eigensolves) instead of stopping (quadrature,
             where the Krylov space of the start vector is the point).
         capacity: how many steps to allocate room for at first (grown on demand).
@@ -74,7 +74,7 @@ class LanczosProcess:
         self._beta = 0.0  # norm of the residual of the last step, along the pending basis vector
         self._set_aside: list[tuple[int, Tensor]] = []  # (step j, w_j) for restarts with w_j != 0
         self._scale = 0.0  # running estimate of ||H||, for the breakdown test
-        self._breakdown = float(torch.finfo(op.dtype).eps) ** 0.5
+        self._eps = float(torch.finfo(op.dtype).eps)
 
     @property
     def size(self) -> int:
@@ -116,7 +116,8 @@ class LanczosProcess:
             self.exhausted = True
             self._beta = 0.0
             return
-        if beta_host <= self._breakdown * self._scale:
+        # Invariant to rounding: what is left of w is noise from orthogonalizing j+1 vectors.
+        if beta_host <= 10 * self._eps * (j + 1) ** 0.5 * self._scale:
             self.breakdowns += 1
             if not self.allow_restart:
                 self.exhausted = True

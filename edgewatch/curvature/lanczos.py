@@ -28,6 +28,9 @@ __all__ = ["EigenResult", "WHICH", "lanczos"]
 
 WHICH = ("LA", "SA", "LM", "BE")
 
+# Relative weight of the random vector mixed into a warm start.
+_WARM_NOISE = 0.1
+
 
 class EigenResult(NamedTuple):
     """Eigenpairs from an iterative solver.
@@ -67,22 +70,24 @@ def lanczos(
         which: ``"LA"`` largest algebraic (sharpness: λ_1 ≥ λ_2 ≥ …, descending), ``"SA"``
             smallest algebraic (most negative first, ascending), ``"LM"`` largest magnitude
             (descending |λ|), ``"BE"`` both ends (⌈k/2⌉ largest and ⌊k/2⌋ smallest, descending).
-        tol: stop when every requested pair has :math:`\|Hy - θy\| \le \text{tol}\,|θ|`
-            (for θ near 0, relative to :math:`\text{eps}^{2/3}\|H\|` instead, as ARPACK does). In
-            float32 the HVPs themselves carry relative error ~1e-6, so tolerances much below that
-            cannot be met and the solve ends unconverged at the budget.
+        tol: stop when every requested pair has :math:`\|Hy - θy\| \le \text{tol}\,|θ|`, or a
+            residual at the rounding floor of the dtype (:math:`4\,\text{eps}\,\max|θ|`), which no
+            further HVP can lower: eigenvalues at 0 converge, and a tol finer than the dtype
+            resolves is met at that resolution (the residuals returned show which).
         max_hvps: HVP budget; default ``min(n, max(100, 10 k))``.
         v0: warm start: a flat vector ``(n,)``, or previous Ritz vectors ``(n, j)`` whose
-            normalized sum starts the iteration, so every one of them is in the Krylov space.
+            normalized sum starts the iteration, so every one of them is in the Krylov space,
+            plus a random vector of 10% of its norm so that no direction is missing entirely.
         seed: seeds the random start and restart directions; the global RNG is not used.
 
     One Krylov space sees each distinct eigenvalue once, so copies of a repeated eigenvalue, or
     eigenvalues outside an invariant subspace the start vector happened to span, are invisible
     to it. Whenever that can matter (k > 1, a warm start, or a breakdown) a converged answer is
     verified: the process continues for a few steps from a random direction orthogonal to
-    everything seen, and the answer stands only if those steps do not change it. A warm start
-    near a crossing of two close eigenvalues can still lock onto the old one; cold-start now and
-    then when that matters.
+    everything seen, and the answer stands only if those steps do not change it. Those few steps
+    cannot rule out everything: a warm start almost orthogonal to a new top eigenvector (after
+    two eigenvalues cross) can still lock onto the old one. Cold-start now and then when that
+    matters.
 
     Returns:
         :class:`EigenResult`. ``converged=False`` means the budget ran out first; the
@@ -113,6 +118,11 @@ def lanczos(
 
     generator = torch.Generator(device=op.device).manual_seed(seed)
     start = _start_vector(op, v0, generator)
+    if v0 is not None:
+        # A start with no component along the true top eigenvector can never find it; a little
+        # randomness gives every direction one, at a cost of a few HVPs.
+        noise = torch.randn(n, generator=generator, dtype=op.dtype, device=op.device)
+        start = start / torch.linalg.vector_norm(start) + _WARM_NOISE * noise / torch.linalg.vector_norm(noise)
     process = LanczosProcess(op, start, generator=generator, restart=True, capacity=min(budget, 64))
     eps = float(torch.finfo(op.dtype).eps)
     verify_steps = min(max(3, k), 10)
@@ -126,14 +136,17 @@ def lanczos(
             continue
         theta, s, all_residuals = process.ritz()
         chosen = _select(theta, k, which)
-        # Residuals are never reported below what the operator's own rounding allows.
-        residuals = np.maximum(all_residuals[chosen], eps * np.abs(theta).max())
-        scale = np.maximum(np.abs(theta[chosen]), eps ** (2 / 3) * np.abs(theta).max())
-        met = process.size >= k and bool(np.all(residuals <= tol * scale))
+        # Residuals are never reported below what the operator's own rounding allows, and a
+        # residual at that floor cannot improve: it meets any tolerance (eigenvalues near 0).
+        floor = eps * np.abs(theta).max()
+        residuals = np.maximum(all_residuals[chosen], floor)
+        bar = np.maximum(tol * np.abs(theta[chosen]), 4 * floor)
+        met = process.size >= k and bool(np.all(residuals <= bar))
         converged = False
         if verifying_until is not None and (process.size >= verifying_until or process.exhausted):
             verifying_until = None
-            converged = met and not bool(np.any(np.abs(theta[chosen] - before) > tol * scale))
+            changed = bool(np.any(np.abs(theta[chosen] - before) > bar))
+            converged = met and (process.exhausted or not changed)  # a full basis is exact
         elif met and verifying_until is None:
             if process.exhausted or not _needs_verification(k, v0, process):
                 converged = True

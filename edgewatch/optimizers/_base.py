@@ -54,7 +54,12 @@ class OptimizerAdapter:
             )
 
     def learning_rate(self, group: dict[str, Any], state: dict[str, Any]) -> float:
-        """η of the last step taken (after schedulers), as the optimizer applied it."""
+        """η: the group's ``lr`` as it is now, with any decay the optimizer applies itself.
+
+        Measured between ``optimizer.step()`` and ``scheduler.step()`` (as the Monitor does)
+        that is the step just taken; after ``scheduler.step()`` it is the next one. ``state`` is
+        the parameter's own (for decays that count its steps, like Adagrad's).
+        """
         return float(group["lr"])
 
     def stability_constant(self, group: dict[str, Any], lr: float) -> float:

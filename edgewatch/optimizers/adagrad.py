@@ -37,7 +37,7 @@ class AdagradAdapter(OptimizerAdapter):
         decay = float(group.get("lr_decay", 0.0))
         if not decay:
             return lr
-        step = float(state["step"]) if "step" in state else 1.0
+        step = max(float(state.get("step", 0.0)), 1.0)  # before any step: the first step's η
         return lr / (1 + (step - 1) * decay)
 
     def preconditioner(self, group: dict[str, Any], state: dict[str, Any]) -> Tensor:

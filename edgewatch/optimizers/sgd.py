@@ -10,12 +10,12 @@ update                 stable iff ηλ <             threshold on λ_1(H + wI)
 =====================  ==========================  ===========================
 GD (β = 0)             2                           2/η
 heavy-ball β, d        (2 + 2β)/(1 − d)            (2 + 2β)/(η(1 − d))
-Nesterov β             (2 + 2β)/(1 + 2β)           (2 + 2β)/((1 + 2β)η)
+Nesterov β, d          (2 + 2β)/(1 + 2β − βd)      (2 + 2β)/((1 + 2β)η) at d = 0
 =====================  ==========================  ===========================
 
 (Heavy-ball: :math:`z^2 - (1 + β - η'λ)z + β` with :math:`η' = η(1-d)` vanishes at −1 iff
-:math:`η'λ = 2 + 2β`; Nesterov: :math:`z^2 - (1+β)(1 - ηλ)z + β(1 - ηλ)` iff
-:math:`ηλ(1 + 2β) = 2 + 2β`.) D is the identity; coupled weight decay w adds wI to H.
+:math:`η'λ = 2 + 2β`; Nesterov: :math:`z^2 - (1 + β - ηλ(1 + β - βd))z + β(1 - ηλ)` iff
+:math:`ηλ(1 + 2β - βd) = 2 + 2β`.) D is the identity; coupled weight decay w adds wI to H.
 
 References:
     Cohen, Kaur, Li, Kolter, Talwalkar 2021, Gradient Descent on Neural Networks Typically Occurs
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgewatch.optimizers._base import OptimizerAdapter, exact
+from edgewatch.optimizers._base import OptimizerAdapter, UnsupportedOptimizerError, exact
 
 __all__ = ["SGDAdapter"]
 
@@ -41,14 +41,22 @@ class SGDAdapter(OptimizerAdapter):
     3.8
     """
 
+    def check_group(self, group: dict[str, Any]) -> None:
+        super().check_group(group)
+        if group.get("momentum", 0.0) and not 0 <= group.get("dampening", 0.0) < 1:
+            raise UnsupportedOptimizerError(
+                f"SGD with dampening={group['dampening']}: the momentum buffer takes in "
+                f"(1 - dampening)·g, which must be positive for a descent step; use 0 <= dampening < 1"
+            )
+
     def stability_constant(self, group: dict[str, Any], lr: float) -> float:
         beta, dampening = exact(group.get("momentum", 0.0)), exact(group.get("dampening", 0.0))
         if beta == 0:
             return 2.0
         if group.get("nesterov", False):
-            return float((2 + 2 * beta) / (1 + 2 * beta))
-        if dampening >= 1:  # the buffer never takes in a gradient: no step, no instability
-            return float("inf")
+            # torch refuses dampening with nesterov only in the constructor's defaults; a group
+            # may still set it, and then the constant depends on it.
+            return float((2 + 2 * beta) / (1 + 2 * beta - beta * dampening))
         return float((2 + 2 * beta) / (1 - dampening))
 
     def describe(self, group: dict[str, Any]) -> str:
@@ -56,5 +64,5 @@ class SGDAdapter(OptimizerAdapter):
         if beta == 0:
             return "2/η"
         if group.get("nesterov", False):
-            return f"(2+2β)/((1+2β)η), β={beta}"
+            return f"(2+2β)/((1+2β-βd)η), β={beta}, d={dampening}" if dampening else f"(2+2β)/((1+2β)η), β={beta}"
         return f"(2+2β)/(η(1-d)), β={beta}, d={dampening}" if dampening else f"(2+2β)/η, β={beta}"

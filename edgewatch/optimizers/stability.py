@@ -14,8 +14,9 @@ operator against the reference group's η and c (the first group with η > 0):
     S = \mathrm{diag}\Big(\frac{η_g}{η}\,\frac{c}{c_g}\, D_g\Big), \qquad
     r = \frac{η\, λ_1(S^{1/2}(H + W)S^{1/2})}{c},
 
-exact when the top eigendirection lies within groups (the per-group ratios are then the ratios
-of their blocks), and the natural interpolation when it spans groups with different momentum.
+exact at the edge for any mix of groups: the iteration acquires an eigenvalue −1 exactly when
+:math:`\mathrm{diag}(η_i D_i / c_i)\,(H + W)\,θ = θ` has a solution, i.e. when r = 1 (a
+coordinate's momentum rule enters the condition only through its :math:`c_i`).
 Parameters of the operator that the optimizer does not update (not in it, or no state yet while
 others have some) get S = 0: they do not move.
 
@@ -96,9 +97,7 @@ def stability(optimizer: torch.optim.Optimizer) -> Stability:
     groups = []
     for group in optimizer.param_groups:
         adapter.check_group(group)
-        first = group["params"][0] if group["params"] else None
-        state = optimizer.state.get(first, {}) if first is not None else {}
-        lr = adapter.learning_rate(group, state)
+        lr = adapter.learning_rate(group, _latest_state(optimizer, group))
         groups.append(
             GroupStability(
                 lr=lr,
@@ -116,6 +115,12 @@ def stability(optimizer: torch.optim.Optimizer) -> Stability:
         groups=tuple(groups),
         preconditioned=adapter.needs_state,
     )
+
+
+def _latest_state(optimizer: torch.optim.Optimizer, group: dict) -> dict:
+    """The state of the group's most-stepped parameter (a frozen first one may lag behind)."""
+    states = [optimizer.state.get(p, {}) for p in group["params"]]
+    return max(states, key=lambda state: float(state.get("step", 0.0)), default={})
 
 
 def preconditioned_operator(

@@ -76,6 +76,27 @@ def test_full_dimension_is_exact():
     np.testing.assert_allclose(result.eigenvalues.numpy(), SPECTRUM.numpy(), rtol=1e-12, atol=1e-12)
 
 
+def test_warm_start_without_overlap_with_the_new_top_still_finds_it():
+    """After a crossing: the previous top vector is an eigenvector of 10, the new top is 12."""
+    n = 20000
+    spectrum = torch.cat([torch.tensor([12.0, 10.0]), torch.linspace(0.0, 9.5, n - 2)]).double()
+    old_top = torch.zeros(n, dtype=torch.float64)
+    old_top[1] = 1.0
+    result = lanczos(MatrixOperator(torch.diag(spectrum).to_sparse()), k=1, v0=old_top)
+    assert result.converged
+    assert result.eigenvalues[0].item() == pytest.approx(12.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_eigenvalues_converge_at_the_rounding_floor(dtype):
+    spectrum = torch.cat([torch.linspace(1.0, 50.0, 50), torch.zeros(150)]).to(dtype)
+    q, _ = torch.linalg.qr(torch.randn(200, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    matrix = (q @ torch.diag(spectrum.double()) @ q.T).to(dtype)
+    result = lanczos(MatrixOperator(matrix), k=1, which="SA", tol=1e-8)
+    assert result.converged and result.num_hvps < 100
+    assert abs(result.eigenvalues[0].item()) <= (1e-4 if dtype == torch.float32 else 1e-12)
+
+
 def test_start_on_a_lower_eigenvector_still_finds_the_top():
     """An exact invariant subspace (breakdown) must not be mistaken for convergence to the top."""
     a = torch.diag(torch.tensor([5.0, 3.0, 1.0, 0.5, 0.2], dtype=torch.float64))

@@ -71,6 +71,19 @@ def test_slq_density_matches_the_dense_histogram(case):
     assert result.num_hvps == 8 * 40
 
 
+def test_slq_in_float32_keeps_the_bulk_beside_large_outliers():
+    """Three outliers far above a narrow bulk: float32 rounding must not end the quadrature early."""
+    spectrum = torch.cat([torch.tensor([1000.0, 400.0, 100.0]), torch.linspace(0.0, 0.3, 297)])
+    q, _ = torch.linalg.qr(torch.randn(300, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    matrix = (q @ torch.diag(spectrum.double()) @ q.T).float()
+    result = spectral_density(MatrixOperator(matrix), num_probes=2, num_steps=40, sigma=0.05)
+    assert result.num_hvps == 80
+    for theta, tau in zip(result.nodes, result.weights):
+        in_bulk = (theta > -0.01) & (theta < 0.31)
+        assert in_bulk.sum() >= 30
+        assert tau[in_bulk].sum() == pytest.approx(297 / 300, abs=0.1)  # the bulk holds 99% of the mass
+
+
 def test_slq_stops_at_an_invariant_subspace():
     """Fewer distinct eigenvalues than steps: the Krylov space closes and quadrature is exact."""
     op = MatrixOperator(torch.diag(torch.tensor([1.0, 1.0, 3.0, 3.0, 5.0], dtype=torch.float64)))

@@ -84,12 +84,12 @@ def measured_ratio(model, optimizer) -> tuple[float, torch.Tensor, torch.Tensor]
 
 def set_ratio(model, optimizer, target: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale every group's lr (keeping their ratios) until edgewatch reports r = target."""
-    for _ in range(20):  # r is linear in η except through AdamW's c(1 - ηw/2): a fixed point
+    for _ in range(60):  # r is linear in η except through AdamW's c(1 - ηw/2): a fixed point
         r, scale, top = measured_ratio(model, optimizer)
         if abs(r - target) < 1e-12:
             return scale, top
-        for group in optimizer.param_groups:
-            group["lr"] *= target / r
+        for group in optimizer.param_groups:  # damped: AdamW's c(η) makes the plain step overshoot
+            group["lr"] *= (target / r) ** 0.5
     raise AssertionError(f"could not set r = {target}, at {r}")
 
 
@@ -149,9 +149,13 @@ ROWS = [
     Row("adagrad+coupled_wd", lambda m: torch.optim.Adagrad(m.parameters(), lr=0.1, weight_decay=1.0)),
     Row("sgd_two_groups", lambda m: torch.optim.SGD(_groups(m, lr=0.05), lr=0.1, momentum=0.9), sizes=(3, 3)),
     Row("adam_two_groups", lambda m: torch.optim.Adam(_groups(m, lr=0.05, eps=1e-2), lr=0.1, betas=(0.9, FROZEN)), sizes=(3, 3)),
-    # Groups with different momentum (so different c) are folded exactly when the blocks decouple:
+    Row("adam_groups_betas_wd", lambda m: torch.optim.Adam(_groups(m, lr=0.05, betas=(0.5, FROZEN), weight_decay=1.0), lr=0.1, betas=(0.9, FROZEN)), sizes=(3, 3)),
+    Row("nesterov_dampening_group", lambda m: torch.optim.SGD(_groups(m, dampening=0.5, momentum=0.9, nesterov=True), lr=0.1, momentum=0.9, nesterov=True), sizes=(3, 3)),
+    # Groups with different momentum (so different c), on decoupled blocks and on a coupled matrix:
     Row("sgd_mixed_momentum", lambda m: torch.optim.SGD(_groups(m, lr=0.05, momentum=0.0), lr=0.1, momentum=0.9),
         sizes=(3, 3), a=BLOCK_DIAGONAL),
+    Row("sgd_mixed_momentum_coupled", lambda m: torch.optim.SGD(_groups(m, lr=0.05, momentum=0.0), lr=0.1, momentum=0.9),
+        sizes=(3, 3)),
 ]
 
 
