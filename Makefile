@@ -14,7 +14,7 @@ BIN   := $(VENV)/bin
 # One stamp per install recipe: changing TORCH_SPEC, PIP_ARGS or EXTRAS installs again.
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(TORCH_SPEC)' '$(PIP_ARGS)' '$(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: demo test setup clean
+.PHONY: demo test bench-perf setup clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench-perf: $(STAMP)
+	$(BIN)/python benchmarks/hvp_cost.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
