@@ -1,0 +1,7 @@
+"""Event detectors: edge of stability, spikes and catapults, logits, non-finite values."""
+
+from edgewatch.hooks.detectors.eos import EdgeOfStabilityDetector
+from edgewatch.hooks.detectors.nonfinite import NonFiniteDetector
+from edgewatch.hooks.detectors.spikes import CatapultDetector, SpikeDetector
+
+__all__ = ["CatapultDetector", "EdgeOfStabilityDetector", "NonFiniteDetector", "SpikeDetector"]

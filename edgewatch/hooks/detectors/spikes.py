@@ -1,0 +1,144 @@
+r"""Spikes in a scalar series (loss, gradient norm), and catapults: a loss spike then a sharpness drop.
+
+A value is a spike when it lies more than ``sigmas`` standard deviations above the mean of the
+last ``window`` values (default 6σ over 128 steps, DESIGN.md section 5) or above ``factor`` times
+the largest value seen so far (default 10×). Spikes are kept out of the window, so a run of them
+stays visible.
+
+In the catapult phase of large learning rates the loss first grows, then falls, while the
+sharpness drops until the step is stable again (Lewkowycz et al. 2020): a loss spike followed
+within a few hundred steps by a clear fall of λ_1.
+
+References:
+    Lewkowycz, Bahri, Dyer, Sohl-Dickstein, Gur-Ari 2020, The large learning rate phase of deep
+    learning: the catapult mechanism, https://arxiv.org/abs/2003.02218
+    Lightning Fabric's SpikeDetection (mean + k·σ over a window), for the spike rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from edgewatch.hooks.events import Detector, Event
+
+__all__ = ["CatapultDetector", "SpikeDetector"]
+
+
+class SpikeDetector(Detector):
+    """``loss_spike`` (metric ``loss``) or ``grad_spike`` (metric ``grad/norm``), or any series.
+
+    Args:
+        metric: the metric name to watch.
+        kind: the event kind to raise.
+        window: how many past (non-spike) values the mean and σ come from.
+        sigmas: a value above mean + sigmas·σ of the window is a spike (``warning``).
+        factor: a value above factor × the running maximum is a spike (``critical``).
+        min_history: no σ-test before this many values are in the window.
+    """
+
+    def __init__(
+        self,
+        metric: str = "loss",
+        kind: str = "loss_spike",
+        *,
+        window: int = 128,
+        sigmas: float = 6.0,
+        factor: float = 10.0,
+        min_history: int = 16,
+    ) -> None:
+        if window < 2 or min_history < 2 or min_history > window:
+            raise ValueError(f"need 2 <= min_history <= window, got {min_history}, {window}")
+        self.metric, self.kind = metric, kind
+        self.kinds = (kind,)
+        self.sigmas, self.factor, self.min_history = sigmas, factor, min_history
+        self._window: deque[float] = deque(maxlen=window)
+        self._running_max = -math.inf
+
+    def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):  # non-finite values are NonFiniteDetector's
+            return []
+        value = float(value)
+        events = []
+        if self._running_max > 0 and value > self.factor * self._running_max:
+            events.append(Event(
+                step, self.kind, "critical",
+                f"{self.metric} = {value:.4g} is over {self.factor:g}× its largest value so far ({self._running_max:.4g})",
+                {self.metric: value, "running_max": self._running_max},
+            ))
+        elif len(self._window) >= self.min_history:
+            mean = sum(self._window) / len(self._window)
+            std = math.sqrt(sum((x - mean) ** 2 for x in self._window) / (len(self._window) - 1))
+            if std > 0 and value > mean + self.sigmas * std:
+                events.append(Event(
+                    step, self.kind, "warning",
+                    f"{self.metric} = {value:.4g} is {(value - mean) / std:.1f}σ above the mean of the "
+                    f"last {len(self._window)} steps ({mean:.4g})",
+                    {self.metric: value, "mean": mean, "std": std},
+                ))
+        if not events:
+            self._window.append(value)
+        self._running_max = max(self._running_max, value)
+        return events
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": list(self._window), "running_max": self._running_max}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._window.clear()
+        self._window.extend(state.get("window", []))
+        self._running_max = float(state.get("running_max", -math.inf))
+
+
+class CatapultDetector(Detector):
+    """``catapult``: a loss spike, then λ_1 falls by ``drop`` within ``within`` steps.
+
+    Args:
+        drop: relative fall of ``curvature/lambda_max`` below its last value before the spike.
+        within: steps after the spike in which the fall must be measured.
+        spike: the loss-spike rule (a :class:`SpikeDetector` on ``loss``; its events are not
+            re-raised here, the Monitor runs its own ``loss_spike`` detector).
+    """
+
+    kinds = ("catapult",)
+
+    def __init__(self, drop: float = 0.2, within: int = 200, spike: SpikeDetector | None = None) -> None:
+        if not 0 < drop < 1:
+            raise ValueError(f"drop must be in (0, 1), got {drop}")
+        self.drop, self.within = drop, within
+        self.spike = spike if spike is not None else SpikeDetector("loss", "loss_spike")
+        self._sharpness_before: float | None = None  # λ_1 at the last probe before now
+        self._pending: tuple[int, float] | None = None  # (spike step, λ_1 before it)
+
+    def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
+        events = []
+        if self.spike.update(metrics, step) and self._sharpness_before is not None and self._pending is None:
+            self._pending = (step, self._sharpness_before)
+        sharpness = metrics.get("curvature/lambda_max")
+        if sharpness is not None and math.isfinite(sharpness):
+            if self._pending is not None:
+                spike_step, before = self._pending
+                if step - spike_step > self.within:
+                    self._pending = None
+                elif sharpness <= (1 - self.drop) * before:
+                    events.append(Event(
+                        step, "catapult", "info",
+                        f"loss spiked at step {spike_step}, then λ_1 fell from {before:.4g} to "
+                        f"{sharpness:.4g}: a catapult to a flatter region",
+                        {"lambda_before": before, "lambda_after": float(sharpness), "spike_step": float(spike_step)},
+                    ))
+                    self._pending = None
+            self._sharpness_before = float(sharpness)
+        return events
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spike": self.spike.state_dict(), "sharpness_before": self._sharpness_before, "pending": self._pending}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.spike.load_state_dict(state.get("spike", {}))
+        self._sharpness_before = state.get("sharpness_before")
+        pending = state.get("pending")
+        self._pending = tuple(pending) if pending is not None else None

@@ -1,0 +1,143 @@
+"""Event detectors on synthetic series with known answers, on state round trips, and on real runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cases
+from edgewatch.curvature import HessianOperator, lanczos
+from edgewatch.hooks.detectors import CatapultDetector, EdgeOfStabilityDetector, NonFiniteDetector, SpikeDetector
+from edgewatch.hooks.events import KINDS, Event
+from edgewatch.optimizers import preconditioned_operator
+
+
+def feed(detector, series: list[dict], start: int = 0) -> list[Event]:
+    return [event for step, metrics in enumerate(series, start) for event in detector.update(metrics, step)]
+
+
+def test_event_record_is_json_ready():
+    event = Event(3, "nonfinite", "critical", "loss is nan", {"loss": math.nan, "grad/norm": 2.0})
+    assert json.loads(json.dumps(event.to_dict())) == {
+        "step": 3, "kind": "nonfinite", "severity": "critical", "message": "loss is nan",
+        "values": {"loss": "nan", "grad/norm": 2.0},
+    }
+    with pytest.raises(ValueError, match="severity must be one of"):
+        Event(0, "loss_spike", "fatal", "")
+    assert "eos_reached" in KINDS and "catapult" in KINDS
+
+
+def test_eos_reached_fires_on_crossing_and_rearms_after_falling_back():
+    ratios = [0.5, 0.8, 0.94, 0.96, 1.01, 0.99, 0.97, 0.7, 0.85, 1.2]
+    events = feed(EdgeOfStabilityDetector(tolerance=0.05), [{"curvature/stability_ratio": r} for r in ratios])
+    reached = [(e.step, e.severity) for e in events if e.kind == "eos_reached"]
+    assert reached == [(3, "info"), (9, "warning")]  # 0.96 ≥ 0.95; re-armed by 0.7 < 0.9; 1.2 is past the edge
+
+
+def test_eos_sustained_after_k_probes_in_band():
+    ratios = [0.97, 1.02, 0.99, 1.04, 1.0, 1.01, 0.7, 1.0, 1.0, 1.0, 1.0, 1.0]
+    events = feed(EdgeOfStabilityDetector(sustained_probes=5), [{"curvature/stability_ratio": r} for r in ratios])
+    assert [e.step for e in events if e.kind == "eos_sustained"] == [4, 11]
+
+
+def test_progressive_sharpening_before_the_edge_only():
+    sharpness = [1.0, 1.05, 1.1, 1.16, 1.22, 1.3, 1.25, 1.3, 1.4, 1.5, 1.6, 1.7]
+    metrics = [{"curvature/lambda_max": s, "curvature/stability_ratio": s / 2} for s in sharpness]
+    events = [e for e in feed(EdgeOfStabilityDetector(sharpening_probes=5), metrics) if e.kind == "progressive_sharpening"]
+    assert [e.step for e in events] == [4, 10]  # once per rising stretch
+    at_edge = [{"curvature/lambda_max": s, "curvature/stability_ratio": 1.0} for s in sharpness]
+    assert not [e for e in feed(EdgeOfStabilityDetector(), at_edge) if e.kind == "progressive_sharpening"]
+
+
+def test_spike_rules():
+    calm = [{"loss": 1.0 + 0.01 * math.sin(i)} for i in range(40)]
+    detector = SpikeDetector()
+    assert feed(detector, calm) == []
+    sigma_spike = detector.update({"loss": 1.2}, 40)  # ~28σ above a calm window
+    assert [(e.kind, e.severity) for e in sigma_spike] == [("loss_spike", "warning")]
+    huge = detector.update({"loss": 15.0}, 41)  # over 10x the running max (1.2, the spike counts)
+    assert [(e.kind, e.severity) for e in huge] == [("loss_spike", "critical")]
+    assert detector.update({"loss": 1.0}, 42) == []
+    assert detector.update({"loss": math.nan}, 43) == []  # NaN is for NonFiniteDetector
+    grads = SpikeDetector("grad/norm", "grad_spike")
+    assert feed(grads, [{"grad/norm": 2.0}] * 20 + [{"grad/norm": 30.0}])[0].kind == "grad_spike"
+
+
+def test_catapult_is_a_spike_then_a_sharpness_drop():
+    series = [{"loss": 1.0 - 0.001 * i, "curvature/lambda_max": 10.0} for i in range(30)]
+    series.append({"loss": 5.0})  # the loss catapults up
+    series += [{"loss": 2.0}, {"loss": 1.0, "curvature/lambda_max": 9.0}, {"loss": 0.9, "curvature/lambda_max": 6.0}]
+    events = feed(CatapultDetector(drop=0.2), series)
+    assert [(e.kind, e.step) for e in events] == [("catapult", 33)]
+    assert events[0].values["lambda_before"] == 10.0 and events[0].values["lambda_after"] == 6.0
+    # no spike, no catapult, however much λ_1 falls
+    quiet = [{"loss": 1.0, "curvature/lambda_max": 10.0 / (1 + i)} for i in range(40)]
+    assert feed(CatapultDetector(), quiet) == []
+
+
+def test_nonfinite_fires_once_per_episode():
+    series = [{"loss": 1.0}, {"loss": math.inf}, {"loss": math.nan}, {"loss": 1.0, "grad/nonfinite_count": 3.0}, {"loss": 1.0}, {"loss": math.nan}]
+    events = feed(NonFiniteDetector(), series)
+    assert [e.step for e in events] == [1, 5]
+    assert all(e.severity == "critical" for e in events)
+
+
+@pytest.mark.parametrize("make", [EdgeOfStabilityDetector, SpikeDetector, CatapultDetector, NonFiniteDetector])
+def test_state_round_trip_continues_as_if_never_stopped(make):
+    series = [{"loss": 1 + 0.1 * math.sin(i) + (8 if i == 50 else 0), "curvature/lambda_max": 1 + 0.05 * i,
+               "curvature/stability_ratio": 0.02 * i} for i in range(100)]
+    whole = feed(make(), series)
+    first, second = make(), make()
+    events = feed(first, series[:60])
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))  # through JSON, as a checkpoint
+    events += feed(second, series[60:], start=60)
+    assert events == whole
+
+
+def test_eos_reached_on_a_real_gradient_descent_run():
+    """Full-batch GD on digits at η = 0.15 (MSE): λ_1 sharpens to 2/η and the detector says so."""
+    x, y = cases.digits(1000)
+    batch = (x, y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    loss_fn = lambda m, b: 0.5 * (m(b[0]) - F.one_hot(b[1], 10).float()).pow(2).sum(-1).mean()  # noqa: E731
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.15)
+    detector, events, previous = EdgeOfStabilityDetector(), [], None
+    for step in range(0, 801):
+        if step % 25 == 0:
+            operator, info = preconditioned_operator(HessianOperator(model, loss_fn, [batch]), optimizer)
+            result = lanczos(operator, k=1, tol=1e-3, v0=previous)
+            previous = result.eigenvectors
+            sharpness = result.eigenvalues[0].item()
+            events += detector.update({"curvature/lambda_max": sharpness, "curvature/stability_ratio": info.ratio(sharpness)}, step)
+        optimizer.zero_grad()
+        loss_fn(model, batch).backward()
+        optimizer.step()
+    kinds = [e.kind for e in events]
+    assert "progressive_sharpening" in kinds and "eos_reached" in kinds
+    assert kinds.index("progressive_sharpening") < kinds.index("eos_reached")
+
+
+def test_nonfinite_on_a_diverging_run_without_crashing_the_solver():
+    """GD far past 2/η on a square loss: the loss overflows to inf, then NaN; one event, no crash."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    batch = cases.digits_probe(sizes=(64,))[0]
+    loss_fn = lambda m, b: (m(b[0]) - F.one_hot(b[1], 10).float()).pow(2).sum(-1).mean()  # noqa: E731
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+    detector, events, results = NonFiniteDetector(), [], []
+    for step in range(40):
+        optimizer.zero_grad()
+        loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+        result = lanczos(HessianOperator(model, loss_fn, [batch]), k=1, max_hvps=10)
+        results.append(result)
+        events += detector.update({"loss": loss.item(), "curvature/lambda_max": result.eigenvalues[0].item()}, step)
+    assert [e.kind for e in events] == ["nonfinite"]
+    assert not results[-1].converged and math.isnan(results[-1].eigenvalues[0].item())
