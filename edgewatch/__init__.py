@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from edgewatch import curvature, optimizers
+from edgewatch import curvature, hooks, optimizers
+from edgewatch.hooks import Event, Monitor, Schedule, StopTraining
 
-__all__ = ["__version__", "curvature", "optimizers"]
+__all__ = ["Event", "Monitor", "Schedule", "StopTraining", "__version__", "curvature", "hooks", "optimizers"]

@@ -14,6 +14,8 @@ def test_readme_python_blocks_run():
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    kinds = [event.kind for event in namespace["monitor"].events]
+    assert "progressive_sharpening" in kinds and "eos_reached" in kinds
     assert namespace["top"].converged
     assert namespace["top"].eigenvalues[0] >= namespace["top"].eigenvalues[-1]
     assert namespace["bottom"].eigenvalues[0] < 0

@@ -273,6 +273,16 @@ class CurvatureOperator:
         """
         return probe_guard(self.model, self._device, train=self.train)
 
+    def loss_and_gradient(self) -> tuple[Tensor, Tensor]:
+        """L(θ) and g = ∇L(θ) on the probe set, as a 0-dim tensor and a flat vector (no ``.grad``)."""
+        with torch.inference_mode(False), torch.enable_grad(), self._probing():
+            frozen = self._frozen_tensors()
+            leaves = tuple(p.requires_grad_() for p in self._current_parameters())
+            loss = self._probe_loss(leaves, frozen)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        gradient = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+        return loss.detach(), self.flatten(gradient)
+
     # -- parameter layout ----------------------------------------------------------------------
     def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
         """Concatenate parameter-shaped tensors into one flat vector (parameter order)."""

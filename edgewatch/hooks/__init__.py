@@ -1,10 +1,19 @@
-"""Hooks: event records, detectors and measurement schedules (the Monitor that drives them is next)."""
+"""Hooks: the Monitor, its probes, event detectors and measurement schedules."""
 
 # events
 from edgewatch.hooks.events import KINDS, SEVERITIES, Detector, Event
 
 # detectors
-from edgewatch.hooks.detectors import CatapultDetector, EdgeOfStabilityDetector, NonFiniteDetector, SpikeDetector
+from edgewatch.hooks.detectors import (
+    CatapultDetector,
+    EdgeOfStabilityDetector,
+    NonFiniteDetector,
+    SpikeDetector,
+    ThresholdDetector,
+)
+
+# the monitor
+from edgewatch.hooks.monitor import Monitor, StopTraining, default_detectors
 
 # schedules
 from edgewatch.hooks.schedule import Schedule
@@ -20,6 +29,11 @@ __all__ = [
     "EdgeOfStabilityDetector",
     "NonFiniteDetector",
     "SpikeDetector",
+    "ThresholdDetector",
+    # the monitor
+    "Monitor",
+    "StopTraining",
+    "default_detectors",
     # schedules
     "Schedule",
 ]

@@ -3,5 +3,13 @@
 from edgewatch.hooks.detectors.eos import EdgeOfStabilityDetector
 from edgewatch.hooks.detectors.nonfinite import NonFiniteDetector
 from edgewatch.hooks.detectors.spikes import CatapultDetector, SpikeDetector
+from edgewatch.hooks.detectors.thresholds import ThresholdDetector, adam_epsilon_dominates
 
-__all__ = ["CatapultDetector", "EdgeOfStabilityDetector", "NonFiniteDetector", "SpikeDetector"]
+__all__ = [
+    "CatapultDetector",
+    "EdgeOfStabilityDetector",
+    "NonFiniteDetector",
+    "SpikeDetector",
+    "ThresholdDetector",
+    "adam_epsilon_dominates",
+]

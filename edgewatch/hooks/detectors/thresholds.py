@@ -1,0 +1,45 @@
+"""A metric above a fixed level: the shape of ``adam_epsilon_dominates`` (and, later, logit limits)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from edgewatch.hooks.events import Detector, Event
+
+__all__ = ["ThresholdDetector", "adam_epsilon_dominates"]
+
+
+class ThresholdDetector(Detector):
+    """Raises ``kind`` when ``metric`` first exceeds ``level``; again after it fell back below."""
+
+    def __init__(self, metric: str, kind: str, level: float, *, severity: str = "warning", what: str = "") -> None:
+        self.metric, self.kind, self.level, self.severity, self.what = metric, kind, level, severity, what
+        self.kinds = (kind,)
+        self._above = False
+
+    def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return []
+        was_above, self._above = self._above, value > self.level
+        if not self._above or was_above:
+            return []
+        return [Event(step, self.kind, self.severity,
+                      f"{self.metric} = {value:.4g} is above {self.level:g}" + (f": {self.what}" if self.what else ""),
+                      {self.metric: float(value)})]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"above": self._above}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._above = bool(state.get("above", False))
+
+
+def adam_epsilon_dominates(level: float = 0.5) -> ThresholdDetector:
+    """Adam's ε exceeds √v̂ for more than ``level`` of the coordinates (Everett et al. 2024)."""
+    return ThresholdDetector(
+        "adam/epsilon_fraction", "adam_epsilon_dominates", level,
+        what="ε dominates Adam's denominator there, which then steps like SGD with rate η/ε",
+    )

@@ -1,0 +1,267 @@
+"""The Monitor: attach to a training loop, measure on schedule, detect events, change nothing.
+
+    monitor = Monitor(model, optimizer, loss_fn, probe=probe_batches)
+    monitor.attach()          # an optimizer step hook: the loop stays as it is
+    ...                       # train; monitor.latest holds the last metrics, monitor.events what happened
+
+After every ``optimizer.step()`` the Monitor takes the cheap metrics (gradient norms before
+clipping, learning rates, parameter and update norms, Adam's ε share, non-finite counts) and, on
+its curvature schedule, the curvature probe (:class:`~edgewatch.hooks.probes.curvature.CurvatureProbe`)
+on the fixed probe set; the detectors turn those numbers into events. Nothing it does reaches
+the training run: it never writes ``.grad``, parameters, buffers or optimizer state, restores every
+module's mode and leaves the global RNG streams where they were.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from edgewatch.curvature._base import LossFn
+from edgewatch.hooks.detectors import (
+    CatapultDetector,
+    EdgeOfStabilityDetector,
+    NonFiniteDetector,
+    SpikeDetector,
+    adam_epsilon_dominates,
+)
+from edgewatch.hooks.events import KINDS, Detector, Event
+from edgewatch.hooks.probes.curvature import CurvatureProbe
+from edgewatch.hooks.probes.grads import GradientRecorder, adam_epsilon_fraction, parameter_and_update_norms
+from edgewatch.hooks.schedule import Schedule
+
+__all__ = ["Monitor", "StopTraining", "default_detectors"]
+
+
+class StopTraining(RuntimeError):
+    """Raised from ``optimizer.step()`` when an event of a kind in ``stop_on`` occurs."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(f"edgewatch stopped training at step {event.step}: {event.kind}: {event.message}")
+        self.event = event
+
+
+def default_detectors() -> list[Detector]:
+    """Every built-in detector with its documented defaults (DESIGN.md section 5)."""
+    return [
+        EdgeOfStabilityDetector(),
+        SpikeDetector("loss", "loss_spike"),
+        SpikeDetector("grad/norm", "grad_spike"),
+        CatapultDetector(),
+        NonFiniteDetector(),
+        adam_epsilon_dominates(),
+    ]
+
+
+class Monitor:
+    """Watches one model and optimizer; see the module docstring.
+
+    Args:
+        model, optimizer: what is trained; the optimizer must update parameters of the model.
+        loss_fn: ``loss_fn(model, batch) -> scalar``, the training loss on one batch.
+        probe: the fixed list of batches curvature is measured on.
+        every: cheap metrics every this many steps (1: every step).
+        curvature: a :class:`Schedule` (or an int N for every N steps) for the curvature probe;
+            default every 16 steps, log-spaced over the first 100.
+        k, tol, max_hvps, method, seed, train: see :class:`CurvatureProbe`.
+        detectors: the event detectors; default :func:`default_detectors`.
+        callbacks: called with every :class:`Event` as it happens.
+        stop_on: event kinds that stop training by raising :class:`StopTraining`.
+        track_updates: keep a copy of the parameters to measure ``update/norm`` (memory: one
+            model's worth).
+
+    Raises:
+        ValueError: an optimizer that updates parameters outside the model (or none of it), a
+            probe batch that does not fit the model (the message names it), unknown ``stop_on``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        probe: Iterable[Any],
+        *,
+        every: int = 1,
+        curvature: Schedule | int = Schedule(every=16, dense_until=100, per_decade=4),
+        k: int = 1,
+        tol: float = 1e-3,
+        max_hvps: int = 100,
+        method: str = "auto",
+        seed: int = 0,
+        train: bool | None = True,
+        detectors: Sequence[Detector] | None = None,
+        callbacks: Sequence[Callable[[Event], None]] = (),
+        stop_on: Iterable[str] = (),
+        track_updates: bool = True,
+    ) -> None:
+        _check_optimizer(model, optimizer)
+        self.model, self.optimizer = model, optimizer
+        self.cheap = Schedule(every=every)
+        self.curvature_schedule = curvature if isinstance(curvature, Schedule) else Schedule(every=curvature)
+        self.curvature = CurvatureProbe(
+            model, optimizer, loss_fn, probe, k=k, tol=tol, max_hvps=max_hvps, method=method, seed=seed, train=train
+        )
+        _check_probe_fits(self.curvature)
+        self.detectors = list(default_detectors() if detectors is None else detectors)
+        self.callbacks = list(callbacks)
+        self.stop_on = set(stop_on)
+        unknown = self.stop_on - set(KINDS) - {kind for d in self.detectors for kind in d.kinds}
+        if unknown:
+            raise ValueError(f"stop_on has unknown event kinds {sorted(unknown)}; known: {list(KINDS)}")
+        self.step_count = 0
+        self.events: list[Event] = []
+        self.latest: dict[str, float] = {}
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._previous = [p.detach().clone() for p in self._params] if track_updates else None
+        self._loss: Tensor | None = None
+        self._recorder = GradientRecorder(model)  # from now on, so the first step's gradients count
+        self._hook = None
+        self._warned: set[str] = set()
+
+    # -- attaching ------------------------------------------------------------------------------
+    def attach(self) -> Monitor:
+        """Measure after every ``optimizer.step()`` (a step post-hook); returns self."""
+        if self._hook is None:
+            self._hook = self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step())
+        return self
+
+    def detach(self) -> None:
+        """Stop measuring and remove every hook the Monitor placed."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._recorder.remove()
+
+    def __enter__(self) -> Monitor:
+        return self.attach()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def observe(self, loss: Tensor | float) -> None:
+        """The training loss of the coming step (kept on the device until it is logged)."""
+        self._loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+
+    def step(self, loss: Tensor | float | None = None) -> dict[str, float]:
+        """The explicit path: call after ``optimizer.step()`` instead of :meth:`attach`."""
+        if self._hook is not None:
+            raise RuntimeError("the Monitor is attached and measures after optimizer.step() by itself; don't call step() too")
+        if loss is not None:
+            self.observe(loss)
+        return self._after_step()
+
+    # -- measuring ------------------------------------------------------------------------------
+    def _after_step(self) -> dict[str, float]:
+        self.step_count += 1
+        step = self.step_count
+        metrics: dict[str, Any] = {}
+        if self.cheap(step):
+            metrics.update(self._cheap_metrics())
+        if self.curvature_schedule(step):
+            metrics.update(self._guarded("curvature", self.curvature.measure))
+            if "loss" not in metrics and "curvature/probe_loss" in metrics:
+                metrics["loss"] = metrics["curvature/probe_loss"]
+        self._loss = None
+        if self._previous is not None:
+            for previous, param in zip(self._previous, self._params):
+                previous.copy_(param.detach())
+        if not metrics:
+            return {}
+        self.latest = _to_host(metrics)
+        self._detect(self.latest, step)
+        return self.latest
+
+    def _cheap_metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = dict(self._recorder.metrics())
+        if self._loss is not None:
+            metrics["loss"] = self._loss
+        for index, group in enumerate(self.optimizer.param_groups):
+            metrics["lr" if index == 0 else f"lr/group_{index}"] = float(group["lr"])
+        metrics.update(parameter_and_update_norms(self._params, self._previous))
+        fraction = adam_epsilon_fraction(self.optimizer)
+        if fraction is not None:
+            metrics["adam/epsilon_fraction"] = fraction
+        return metrics
+
+    def _guarded(self, what: str, measure: Callable[[], dict]) -> dict:
+        """A probe that fails must not stop training: warn once per kind of failure, go on."""
+        try:
+            return measure()
+        except Exception as error:  # noqa: BLE001 - the training run matters more than a metric
+            key = f"{what}:{type(error).__name__}"
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(f"edgewatch: the {what} probe failed at step {self.step_count} "
+                              f"({type(error).__name__}: {error}); training continues", stacklevel=3)
+            return {f"{what}/failed": 1.0}
+
+    def _detect(self, metrics: dict[str, float], step: int) -> None:
+        for detector in self.detectors:
+            for event in detector.update(metrics, step):
+                self.events.append(event)
+                for callback in self.callbacks:
+                    callback(event)
+                if event.kind in self.stop_on:
+                    raise StopTraining(event)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, detector histories and warm-start vectors: a resumed run continues as if never stopped."""
+        return {
+            "step_count": self.step_count,
+            "detectors": [d.state_dict() for d in self.detectors],
+            "curvature": self.curvature.state_dict(),
+            "events": [e.to_dict() for e in self.events],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state.get("step_count", 0))
+        for detector, detector_state in zip(self.detectors, state.get("detectors", [])):
+            detector.load_state_dict(detector_state)
+        self.curvature.load_state_dict(state.get("curvature", {}))
+        self.events = [Event(**{**e, "values": {k: float(v) for k, v in e["values"].items()}}) for e in state.get("events", [])]
+
+
+def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
+    """Every metric as a Python float, with one device-to-host transfer for all tensors."""
+    names = [name for name, value in metrics.items() if isinstance(value, Tensor)]
+    host = {name: float(value) for name, value in metrics.items() if not isinstance(value, Tensor)}
+    if names:
+        device = metrics[names[0]].device
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        values = torch.stack([metrics[name].detach().reshape(()).to(device, dtype) for name in names])
+        host.update(zip(names, values.cpu().tolist()))
+    return host
+
+
+def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    own = {id(p) for p in model.parameters()}
+    updated = [p for group in optimizer.param_groups for p in group["params"]]
+    foreign = sum(id(p) not in own for p in updated)
+    if foreign or not updated:
+        raise ValueError(
+            f"the optimizer updates {foreign} of its {len(updated)} parameters outside the model; "
+            "build it from model.parameters() of the model you pass to the Monitor"
+        )
+
+
+def _check_probe_fits(probe: CurvatureProbe) -> None:
+    hessian = probe.hessian
+    for index in range(len(hessian.probe)):
+        try:
+            with torch.no_grad(), hessian._probing():
+                hessian._batch_loss(index, hessian._current_parameters(), hessian._frozen_tensors())
+        except ValueError:  # already one of edgewatch's own clear messages
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure here is the probe not fitting
+            raise ValueError(
+                f"probe batch {index} does not fit the model: loss_fn(model, probe[{index}]) raised "
+                f"{type(error).__name__}: {error}"
+            ) from error
