@@ -101,10 +101,11 @@ class HessianOperator(CurvatureOperator):
             self._method = self._choose_method()
             _AUTO_CHOICES[self._signature()] = self._method
         if self._method == "double_backward" and self.reuse_graph:
-            result = self._gradient_graph().hvp(v)
-            if not self._sessions:  # a lone product: hold nothing afterwards
-                self.release()
-            return result
+            try:
+                return self._gradient_graph().hvp(v)
+            finally:
+                if not self._sessions:  # a lone product: hold nothing afterwards, even on error
+                    self.release()
         hvp = hvp_double_backward if self._method == "double_backward" else hvp_forward_over_reverse
         with self._probing():
             params, frozen = self._current_parameters(), self._frozen_tensors()

@@ -29,7 +29,7 @@ __all__ = ["EigenResult", "WHICH", "lanczos"]
 WHICH = ("LA", "SA", "LM", "BE")
 
 # Relative weight of the random vector mixed into a warm start.
-_WARM_NOISE = 0.1
+_WARM_NOISE = 1e-2
 
 
 class EigenResult(NamedTuple):
@@ -77,14 +77,15 @@ def lanczos(
         max_hvps: HVP budget; default ``min(n, max(100, 10 k))``.
         v0: warm start: a flat vector ``(n,)``, or previous Ritz vectors ``(n, j)`` whose
             normalized sum starts the iteration, so every one of them is in the Krylov space,
-            plus a random vector of 10% of its norm so that no direction is missing entirely.
+            plus a random vector of 1% of its norm so that no direction is missing entirely.
         seed: seeds the random start and restart directions; the global RNG is not used.
 
     One Krylov space sees each distinct eigenvalue once, so copies of a repeated eigenvalue, or
     eigenvalues outside an invariant subspace the start vector happened to span, are invisible
     to it. Whenever that can matter (k > 1, a warm start, or a breakdown) a converged answer is
-    verified: the process continues for a few steps from a random direction orthogonal to
-    everything seen, and the answer stands only if those steps do not change it. Those few steps
+    verified: the process continues from a random direction orthogonal to everything seen (for
+    k > 1 until that direction's own extreme Ritz pair has converged to 1%, otherwise for three
+    steps), and the answer stands only if this does not change it. Those few steps
     cannot rule out everything: a warm start almost orthogonal to a new top eigenvector (after
     two eigenvalues cross) can still lock onto the old one. Cold-start now and then when that
     matters.
@@ -126,7 +127,7 @@ def lanczos(
     process = LanczosProcess(op, start, generator=generator, restart=True, capacity=min(budget, 64))
     eps = float(torch.finfo(op.dtype).eps)
     verify_steps = min(max(3, k), 10)
-    verifying_until, before = None, None
+    verifying_from, before = None, None  # first basis index of a running verification
     while True:
         process.step()
         if process.nonfinite:
@@ -143,15 +144,19 @@ def lanczos(
         bar = np.maximum(tol * np.abs(theta[chosen]), 4 * floor)
         met = process.size >= k and bool(np.all(residuals <= bar))
         converged = False
-        if verifying_until is not None and (process.size >= verifying_until or process.exhausted):
-            verifying_until = None
+        if verifying_from is not None:
             changed = bool(np.any(np.abs(theta[chosen] - before) > bar))
-            converged = met and (process.exhausted or not changed)  # a full basis is exact
-        elif met and verifying_until is None:
+            settled = process.size >= verifying_from + verify_steps and (
+                k == 1 or _newest_settled(theta, s, all_residuals, verifying_from, which, tol, floor, before[-1])
+            )
+            if changed or settled or process.exhausted:
+                verifying_from = None
+                converged = met and (process.exhausted or not changed)  # a full basis is exact
+        elif met:
             if process.exhausted or not _needs_verification(k, v0, process):
                 converged = True
             elif process.restart():
-                before, verifying_until = theta[chosen], process.size + verify_steps
+                before, verifying_from = theta[chosen], process.size
             else:  # the basis spans everything: the pairs are exact
                 converged = True
         if converged or out_of_budget:
@@ -166,6 +171,33 @@ def lanczos(
         converged=converged,
         num_hvps=process.size,
     )
+
+
+def _newest_settled(
+    theta: np.ndarray,
+    s: np.ndarray,
+    residuals: np.ndarray,
+    start: int,
+    which: str,
+    tol: float,
+    floor: float,
+    kth: float | None = None,
+) -> bool:
+    """Has the verification block's own extreme Ritz pair (at the end ``which`` asks for)
+    converged, to max(tol, 1%)? Only then do its values say what the unexplored complement holds:
+    copies of a repeated eigenvalue take more than a few steps to climb past the k-th value."""
+    newest = np.flatnonzero((s[start:] ** 2).sum(axis=0) > 0.5)
+    if newest.size == 0:
+        return True
+    ends = {"LA": [newest[-1]], "SA": [newest[0]], "BE": [newest[-1], newest[0]]}
+    pairs = ends.get(which, [newest[np.argmax(np.abs(theta[newest]))]])
+    if which in ("LA", "SA") and kth is not None:
+        # Settled early when the pair's whole interval θ' ± r' lies on the far side of θ_k.
+        sign = 1.0 if which == "LA" else -1.0
+        if bool(np.all(sign * (theta[pairs] + sign * residuals[pairs]) < sign * kth)):
+            return True
+    loose = max(tol, 1e-2)
+    return bool(np.all(residuals[pairs] <= np.maximum(loose * np.abs(theta[pairs]), 4 * floor)))
 
 
 def _needs_verification(k: int, v0: Tensor | None, process: LanczosProcess) -> bool:

@@ -43,10 +43,15 @@ class SGDAdapter(OptimizerAdapter):
 
     def check_group(self, group: dict[str, Any]) -> None:
         super().check_group(group)
-        if group.get("momentum", 0.0) and not 0 <= group.get("dampening", 0.0) < 1:
+        beta, dampening = group.get("momentum", 0.0), group.get("dampening", 0.0)
+        if not beta:
+            return
+        nesterov = group.get("nesterov", False)
+        if (nesterov and 1 + 2 * beta - beta * dampening <= 0) or (not nesterov and dampening >= 1):
             raise UnsupportedOptimizerError(
-                f"SGD with dampening={group['dampening']}: the momentum buffer takes in "
-                f"(1 - dampening)·g, which must be positive for a descent step; use 0 <= dampening < 1"
+                f"SGD with momentum={beta}, dampening={dampening}"
+                f"{', nesterov' if nesterov else ''}: the gradient enters the step with a weight "
+                "<= 0, so there is no descent step to be stable or not; use dampening < 1"
             )
 
     def stability_constant(self, group: dict[str, Any], lr: float) -> float:

@@ -106,6 +106,19 @@ def test_start_on_a_lower_eigenvector_still_finds_the_top():
     assert result.eigenvalues[0].item() == pytest.approx(5.0, rel=1e-10)
 
 
+def test_repeated_top_eigenvalue_is_not_missed_by_verification():
+    """Eigenvalue 5 three times over (and 3 six times), k = 3: copies climb slowly from a random
+    direction, so verification runs until that direction's own top pair has settled (a fixed
+    three-step check answered [5, 5, 3] as converged for a few seeds in a hundred)."""
+    spectrum = torch.tensor([5.0] * 3 + [3.0] * 6 + [1.0] * 5 + [0.0] * 3 + [-2.0] * 3, dtype=torch.float64)
+    wrong = []
+    for seed in range(150):
+        result = lanczos(MatrixOperator(rotated(spectrum, seed=seed)), k=3, tol=1e-4, seed=seed)
+        if result.converged and not torch.allclose(result.eigenvalues, spectrum[:3], rtol=1e-3):
+            wrong.append(seed)
+    assert wrong == []
+
+
 def test_repeated_eigenvalues_are_all_found():
     """A linear model with 4 outputs under MSE: H = I_4 ⊗ Σ, every eigenvalue four times over.
 
