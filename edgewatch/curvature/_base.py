@@ -168,6 +168,10 @@ class CurvatureOperator:
         weights: per-batch weights :math:`w_b` (normalized to sum 1); by default the batch sizes,
             read from the leading dimension of the first tensor found in each batch.
 
+    Not supported yet: models that use activation checkpointing (``torch.utils.checkpoint``).
+    Its recomputation runs the forward pass again during the backward, outside the swapped-in
+    tensors, so it fails or updates the model's own BatchNorm statistics.
+
     Raises:
         ValueError: empty probe, unknown or frozen parameters, a ``loss_fn`` that cannot take
             ``(model, batch)``.
