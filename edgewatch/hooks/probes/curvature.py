@@ -5,7 +5,8 @@ from the previous probe's Ritz vectors), the preconditioned sharpness
 :math:`λ_1(S^{1/2}(H+W)S^{1/2})` with its threshold and the stability ratio r (DESIGN.md section 3),
 the directional sharpness :math:`g^\top Hg / g^\top g`, the share of the gradient in the top-k
 eigenspace :math:`\|V_k^\top g\|^2/\|g\|^2` (Gur-Ari et al. 2018), and where the top eigenvector
-lives (its energy per module). All solves of one probe share one gradient graph.
+lives (its energy per module); and, from the same forward passes, the output and attention
+logits (:mod:`~edgewatch.hooks.probes.logits`). All solves of one probe share one gradient graph.
 
 References:
     Gur-Ari, Roberts, Dyer 2018, Gradient Descent Happens in a Tiny Subspace, https://arxiv.org/abs/1812.04754
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from edgewatch.curvature import HessianOperator, lanczos
 from edgewatch.hooks.probes.grads import module_of
+from edgewatch.hooks.probes.logits import LogitRecorder
 from edgewatch.optimizers import OptimizerStateError, preconditioned_operator
 
 __all__ = ["CurvatureProbe"]
@@ -59,12 +61,15 @@ class CurvatureProbe:
         self.vectors: Tensor | None = None  # warm start for H
         self.preconditioned_vectors: Tensor | None = None  # warm start for S^½(H+W)S^½
         self._slices = self.hessian.parameter_slices()
+        self.logits = LogitRecorder(self.hessian.model)
 
     def measure(self) -> dict[str, Tensor | float]:
         """One probe: every curvature metric, keyed by DESIGN.md section 6 names."""
         metrics: dict[str, Tensor | float] = {}
         with self.hessian:  # one gradient graph for every product below
-            loss, gradient = self.hessian.loss_and_gradient()
+            with self.logits.recording():  # the probe's forward passes also show its logits
+                loss, gradient = self.hessian.loss_and_gradient()
+            metrics.update(self.logits.metrics())
             metrics["curvature/probe_loss"] = loss
             top = lanczos(self.hessian, k=self.k, tol=self.tol, max_hvps=self.max_hvps, v0=_finite(self.vectors))
             self.vectors = top.eigenvectors if top.converged else None

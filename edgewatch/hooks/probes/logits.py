@@ -1,0 +1,191 @@
+r"""Output logits and attention logits on the probe batch.
+
+Output logits :math:`z \in \mathbb R^V` per token or example: :math:`\max |z|`, the mean and max of
+:math:`\log Z = \operatorname{logsumexp}(z)` (output-logit divergence, Wortsman et al. 2023), PaLM's
+z-loss :math:`10^{-4}\,(\log Z)^2` and the RMS of z.
+
+Attention logits :math:`s = q \cdot k / \sqrt{d}` before the softmax (and before masking's −∞):
+:math:`\max |s|` per attention call and over all, and the attention entropy
+:math:`H = -\sum p \log p` per query (mean and min, over queries that see at least two keys). Fused SDPA kernels never materialize s, so for
+the probe forward ``torch.nn.functional.scaled_dot_product_attention`` is wrapped to compute it
+from q and k (respecting the causal mask and boolean or additive masks), and
+``nn.MultiheadAttention`` layers are read from their inputs and in-projection.
+
+References:
+    Wortsman et al. 2023, Small-scale proxies for large-scale Transformer training instabilities,
+    https://arxiv.org/abs/2309.14322
+    Chowdhery et al. 2022, PaLM, https://arxiv.org/abs/2204.02311 (z-loss)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LogitRecorder", "output_logit_metrics"]
+
+Z_LOSS_WEIGHT = 1e-4  # PaLM's z-loss coefficient
+
+
+def output_logit_metrics(logits: Tensor) -> dict[str, Tensor]:
+    """``logits/max``, ``logits/rms``, ``logits/log_z_mean``, ``logits/log_z_max``, ``logits/z_loss``."""
+    z = logits.detach().float()
+    log_z = torch.logsumexp(z, dim=-1)
+    return {
+        "logits/max": z.abs().max(),
+        "logits/rms": z.pow(2).mean().sqrt(),
+        "logits/log_z_mean": log_z.mean(),
+        "logits/log_z_max": log_z.max(),
+        "logits/z_loss": Z_LOSS_WEIGHT * log_z.pow(2).mean(),
+    }
+
+
+class LogitRecorder:
+    """Records output and attention logits during the forward passes of one probe.
+
+    Use :meth:`recording` around the forward passes (one per probe batch); :meth:`metrics` then
+    gives 0-dim tensors: maxima over batches, means averaged over batches. Attention calls are
+    numbered in the order a forward pass makes them (``attn/max_logit/<i>``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._outputs: list[dict[str, Tensor]] = []
+        self._attention: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}  # call index -> per batch
+        self._call = 0
+        self._inside_mha = 0
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        self._outputs, self._attention = [], {}
+        handles = [
+            self.model.register_forward_pre_hook(self._new_forward),
+            self.model.register_forward_hook(self._record_output),
+        ]
+        for module in self.model.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                handles.append(module.register_forward_pre_hook(self._record_mha, with_kwargs=True))
+                handles.append(module.register_forward_hook(self._leave_mha))
+        original = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = self._sdpa(original)
+        try:
+            yield
+        finally:
+            F.scaled_dot_product_attention = original
+            for handle in handles:
+                handle.remove()
+            self._inside_mha = 0
+
+    def metrics(self) -> dict[str, Tensor]:
+        metrics: dict[str, Tensor] = {}
+        if self._outputs:
+            for name in self._outputs[0]:
+                values = torch.stack([batch[name] for batch in self._outputs])
+                metrics[name] = values.max() if name.endswith("max") else values.mean()
+        if self._attention:
+            per_call = {
+                index: (torch.stack([c[0] for c in calls]).max(), torch.stack([c[1] for c in calls]).mean(),
+                        torch.stack([c[2] for c in calls]).min())
+                for index, calls in sorted(self._attention.items())
+            }
+            for index, (largest, _, _) in per_call.items():
+                metrics[f"attn/max_logit/{index}"] = largest
+            metrics["attn/max_logit"] = torch.stack([c[0] for c in per_call.values()]).max()
+            metrics["attn/entropy_mean"] = torch.stack([c[1] for c in per_call.values()]).mean()
+            metrics["attn/entropy_min"] = torch.stack([c[2] for c in per_call.values()]).min()
+        return metrics
+
+    # -- what is recorded ---------------------------------------------------------------------
+    def _new_forward(self, module: nn.Module, args: Any) -> None:
+        self._call = 0
+
+    def _record_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        logits = _find_logits(output)
+        if logits is not None and logits.is_floating_point() and logits.ndim >= 2:
+            self._outputs.append(output_logit_metrics(logits))
+
+    def _sdpa(self, original):
+        def wrapped(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+            if not self._inside_mha:  # MultiheadAttention is read from its own inputs
+                self._record_scores(query, key, attn_mask, is_causal, scale)
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
+
+        return wrapped
+
+    def _leave_mha(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._inside_mha -= 1
+
+    def _record_mha(self, module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> None:
+        self._inside_mha += 1
+        if not module._qkv_same_embed_dim or module.in_proj_weight is None:
+            return  # separate q/k/v projections: not read (yet)
+        query, key = (args + (None, None))[:2]
+        query = kwargs.get("query", query)
+        key = kwargs.get("key", key)
+        if query is None or key is None:
+            return
+        if module.batch_first:
+            query, key = query.transpose(0, 1), key.transpose(0, 1)
+        weight, bias = module.in_proj_weight.detach(), module.in_proj_bias
+        d = module.embed_dim
+        q = F.linear(query.detach(), weight[:d], None if bias is None else bias[:d].detach())
+        k = F.linear(key.detach(), weight[d : 2 * d], None if bias is None else bias[d : 2 * d].detach())
+        heads, head_dim = module.num_heads, d // module.num_heads
+        q = q.reshape(q.shape[0], -1, heads, head_dim).permute(1, 2, 0, 3)  # (batch, heads, T, d_head)
+        k = k.reshape(k.shape[0], -1, heads, head_dim).permute(1, 2, 0, 3)
+        mask = kwargs.get("attn_mask", args[5] if len(args) > 5 else None)
+        padding = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)
+        batch, length, source = q.shape[0], q.shape[2], k.shape[2]
+        if mask is not None:
+            mask = mask.view(batch, heads, length, source) if mask.ndim == 3 else mask
+            mask = ~mask if mask.dtype == torch.bool else mask  # MultiheadAttention: True = masked out
+        if padding is not None:
+            keep = ~padding.bool()[:, None, None, :] if padding.dtype == torch.bool else padding[:, None, None, :] == 0
+            mask = keep if mask is None else (keep & mask if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf")))
+        self._record_scores(q, k, mask, bool(kwargs.get("is_causal", False)) and mask is None, None)
+
+    def _record_scores(self, query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None) -> None:
+        with torch.no_grad():
+            q, k = query.detach().float(), key.detach().float()
+            if q.shape[-3] != k.shape[-3] and k.ndim >= 3:  # grouped-query attention: repeat k heads
+                k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+            scores = q @ k.transpose(-2, -1) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+            allowed = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device)
+            if is_causal:
+                allowed = allowed.tril(diagonal=scores.shape[-1] - scores.shape[-2])
+            allowed = allowed.expand_as(scores)
+            additive = None
+            if mask is not None:
+                if mask.dtype == torch.bool:
+                    allowed = allowed & mask.expand_as(scores)
+                else:
+                    additive = mask.float().expand_as(scores)
+                    allowed = allowed & torch.isfinite(additive) & (additive > -1e4)
+            largest = scores.abs().masked_fill(~allowed, 0.0).amax()
+            logits = scores if additive is None else scores + additive
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            log_p = torch.log_softmax(logits, dim=-1)
+            entropy = -(log_p.exp() * log_p.masked_fill(~allowed, 0.0)).sum(-1)  # (…, T)
+            rows = allowed.sum(-1) >= 2  # a query with one key to look at has entropy 0 by force
+            self._attention.setdefault(self._call, []).append((largest, entropy[rows].mean(), entropy[rows].min()))
+            self._call += 1
+
+
+def _find_logits(output: Any) -> Tensor | None:
+    """The logits in a model's output: the tensor itself, ``.logits``, ``["logits"]`` or the first item."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None

@@ -1,0 +1,83 @@
+"""Output and attention logits recorded on the probe, against direct computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cases
+from edgewatch.hooks.probes.logits import LogitRecorder, output_logit_metrics
+
+
+def test_output_logit_metrics_are_the_formulas():
+    z = torch.randn(4, 7, 11, generator=torch.Generator().manual_seed(0)) * 5
+    metrics = output_logit_metrics(z)
+    log_z = torch.logsumexp(z, -1)
+    assert metrics["logits/max"] == z.abs().max()
+    assert metrics["logits/log_z_max"] == log_z.max()
+    torch.testing.assert_close(metrics["logits/log_z_mean"], log_z.mean())
+    torch.testing.assert_close(metrics["logits/z_loss"], 1e-4 * (log_z**2).mean())
+
+
+def explicit_scores(block: cases.Block, tokens: torch.Tensor) -> torch.Tensor:
+    """q·k/√d of the block's attention, computed by hand (causal positions only)."""
+    b, t = tokens.shape
+    x = block.embed(tokens) + block.pos[:t]
+    q, k, _ = block.qkv(block.ln1(x)).chunk(3, dim=-1)
+    split = lambda z: z.view(b, t, block.heads, -1).transpose(1, 2)  # noqa: E731
+    scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(q.shape[-1] // block.heads)
+    return scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), 0.0)
+
+
+def test_sdpa_attention_logits_match_an_explicit_computation():
+    model = cases.block()
+    tokens = cases.token_probe(batches=1)[0][:, :-1]
+    recorder = LogitRecorder(model)
+    original = F.scaled_dot_product_attention
+    with torch.no_grad(), recorder.recording():
+        model(tokens)
+    assert F.scaled_dot_product_attention is original  # the patch is gone
+    metrics = recorder.metrics()
+    with torch.no_grad():
+        expected = explicit_scores(model, tokens).abs().max()
+    torch.testing.assert_close(metrics["attn/max_logit"], expected)
+    assert metrics["attn/max_logit/0"] == metrics["attn/max_logit"]
+    assert 0 < metrics["attn/entropy_min"] <= metrics["attn/entropy_mean"] <= math.log(tokens.shape[1])
+    torch.testing.assert_close(metrics["logits/max"], model(tokens).abs().max())
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_logits_match_an_explicit_computation(batch_first):
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+    x = torch.randn(3, 6, 16) if batch_first else torch.randn(6, 3, 16)
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)  # MultiheadAttention: True = masked out
+    recorder = LogitRecorder(attention)
+    with torch.no_grad(), recorder.recording():
+        attention(x, x, x, attn_mask=causal, need_weights=False)
+    xb = x if batch_first else x.transpose(0, 1)
+    q, k, _ = F.linear(xb, attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+    split = lambda z: z.view(3, 6, 4, 4).transpose(1, 2)  # noqa: E731
+    scores = (split(q) @ split(k).transpose(-2, -1) / 2.0).masked_fill(causal, 0.0)
+    metrics = recorder.metrics()
+    torch.testing.assert_close(metrics["attn/max_logit"], scores.detach().abs().max())
+    assert [name for name in metrics if name.startswith("attn/max_logit/")] == ["attn/max_logit/0"]  # counted once
+
+
+def test_logit_metrics_come_with_every_curvature_probe():
+    import edgewatch as ew
+
+    model, probe = cases.block(), cases.token_probe()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = ew.Monitor(model, optimizer, cases.next_token_loss, probe, curvature=2).attach()
+    for _ in range(2):
+        optimizer.zero_grad()
+        cases.next_token_loss(model, probe[0]).backward()
+        optimizer.step()
+    for name in ("logits/max", "logits/log_z_mean", "logits/log_z_max", "logits/z_loss", "attn/max_logit",
+                 "attn/max_logit/0", "attn/entropy_mean", "attn/entropy_min"):
+        assert name in monitor.latest and math.isfinite(monitor.latest[name]), name
