@@ -28,6 +28,9 @@ from edgewatch.hooks.detectors import (
     NonFiniteDetector,
     SpikeDetector,
     adam_epsilon_dominates,
+    attention_entropy_collapse,
+    attention_logit_growth,
+    output_logit_divergence,
 )
 from edgewatch.hooks.events import KINDS, Detector, Event
 from edgewatch.hooks.probes.curvature import CurvatureProbe
@@ -54,6 +57,9 @@ def default_detectors() -> list[Detector]:
         CatapultDetector(),
         NonFiniteDetector(),
         adam_epsilon_dominates(),
+        attention_logit_growth(),
+        output_logit_divergence(),
+        attention_entropy_collapse(),
     ]
 
 

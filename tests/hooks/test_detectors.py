@@ -95,3 +95,24 @@ def test_state_round_trip_continues_as_if_never_stopped(make):
     second.load_state_dict(json.loads(json.dumps(first.state_dict())))  # through JSON, as a checkpoint
     events += feed(second, series[60:], start=60)
     assert events == whole
+
+
+def test_attention_logit_growth_by_level_and_by_doubling():
+    from edgewatch.hooks.detectors import attention_logit_growth
+
+    steady = [{"attn/max_logit": 5.0 + 0.1 * i} for i in range(15)]
+    assert feed(attention_logit_growth(), steady) == []
+    doubling = [{"attn/max_logit": v} for v in (12, 13, 14, 18, 22, 27, 30, 31)]
+    events = feed(attention_logit_growth(), doubling)
+    assert [(e.step, e.severity) for e in events] == [(5, "warning")]  # 27 >= 2 × 12, above the floor 20
+    over = feed(attention_logit_growth(), [{"attn/max_logit": v} for v in (90, 95, 120, 130, 80, 150)])
+    assert [(e.step, e.severity) for e in over] == [(2, "critical"), (5, "critical")]
+
+
+def test_output_logit_divergence_and_entropy_collapse():
+    from edgewatch.hooks.detectors import attention_entropy_collapse, output_logit_divergence
+
+    assert [e.step for e in feed(output_logit_divergence(), [{"logits/log_z_max": v} for v in (3, 4, 5, 60)])] == [3]
+    entropy = [{"attn/entropy_min": v} for v in (1.0, 0.5, 0.04, 0.03, 0.2, 0.01)]
+    events = feed(attention_entropy_collapse(), entropy)
+    assert [(e.step, e.kind) for e in events] == [(2, "attention_entropy_collapse"), (5, "attention_entropy_collapse")]

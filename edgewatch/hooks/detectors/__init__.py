@@ -1,6 +1,12 @@
 """Event detectors: edge of stability, spikes and catapults, logits, non-finite values."""
 
 from edgewatch.hooks.detectors.eos import EdgeOfStabilityDetector
+from edgewatch.hooks.detectors.logits import (
+    GrowthDetector,
+    attention_entropy_collapse,
+    attention_logit_growth,
+    output_logit_divergence,
+)
 from edgewatch.hooks.detectors.nonfinite import NonFiniteDetector
 from edgewatch.hooks.detectors.spikes import CatapultDetector, SpikeDetector
 from edgewatch.hooks.detectors.thresholds import ThresholdDetector, adam_epsilon_dominates
@@ -8,8 +14,12 @@ from edgewatch.hooks.detectors.thresholds import ThresholdDetector, adam_epsilon
 __all__ = [
     "CatapultDetector",
     "EdgeOfStabilityDetector",
+    "GrowthDetector",
     "NonFiniteDetector",
     "SpikeDetector",
     "ThresholdDetector",
     "adam_epsilon_dominates",
+    "attention_entropy_collapse",
+    "attention_logit_growth",
+    "output_logit_divergence",
 ]

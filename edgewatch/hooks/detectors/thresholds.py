@@ -12,22 +12,28 @@ __all__ = ["ThresholdDetector", "adam_epsilon_dominates"]
 
 
 class ThresholdDetector(Detector):
-    """Raises ``kind`` when ``metric`` first exceeds ``level``; again after it fell back below."""
+    """Raises ``kind`` when ``metric`` first crosses ``level`` (above it, or below it with
+    ``below=True``); again only after it came back."""
 
-    def __init__(self, metric: str, kind: str, level: float, *, severity: str = "warning", what: str = "") -> None:
+    def __init__(
+        self, metric: str, kind: str, level: float, *, below: bool = False, severity: str = "warning", what: str = ""
+    ) -> None:
         self.metric, self.kind, self.level, self.severity, self.what = metric, kind, level, severity, what
+        self.below = below
         self.kinds = (kind,)
-        self._above = False
+        self._above = False  # "past the level", whichever side that is
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(value):
             return []
-        was_above, self._above = self._above, value > self.level
-        if not self._above or was_above:
+        past = value < self.level if self.below else value > self.level
+        was_past, self._above = self._above, past
+        if not past or was_past:
             return []
+        side = "below" if self.below else "above"
         return [Event(step, self.kind, self.severity,
-                      f"{self.metric} = {value:.4g} is above {self.level:g}" + (f": {self.what}" if self.what else ""),
+                      f"{self.metric} = {value:.4g} is {side} {self.level:g}" + (f": {self.what}" if self.what else ""),
                       {self.metric: float(value)})]
 
     def state_dict(self) -> dict[str, Any]:
