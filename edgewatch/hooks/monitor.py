@@ -79,6 +79,10 @@ class Monitor:
         stop_on: event kinds that stop training by raising :class:`StopTraining`.
         track_updates: keep a copy of the parameters to measure ``update/norm`` (memory: one
             model's worth).
+        grad_scaler: the AMP ``GradScaler`` of the loop, if any: gradient norms are reported
+            unscaled (the scale of the step's backward divided out).
+
+    ``state_dict()`` holds tensors (warm-start vectors): save it with ``torch.save``.
 
     Raises:
         ValueError: an optimizer that updates parameters outside the model (or none of it), a
@@ -104,6 +108,7 @@ class Monitor:
         callbacks: Sequence[Callable[[Event], None]] = (),
         stop_on: Iterable[str] = (),
         track_updates: bool = True,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         _check_optimizer(model, optimizer)
         self.model, self.optimizer = model, optimizer
@@ -122,26 +127,35 @@ class Monitor:
         self.step_count = 0
         self.events: list[Event] = []
         self.latest: dict[str, float] = {}
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        self.grad_scaler = grad_scaler
+        self.track_updates = track_updates
+        self._params = _optimized(optimizer)
         self._previous = [p.detach().clone() for p in self._params] if track_updates else None
         self._loss: Tensor | None = None
-        self._recorder = GradientRecorder(model)  # from now on, so the first step's gradients count
-        self._hook = None
+        self._recorder: GradientRecorder | None = GradientRecorder(model, self._params)  # counts the first step
+        self._hooks: list = []
         self._warned: set[str] = set()
 
     # -- attaching ------------------------------------------------------------------------------
     def attach(self) -> Monitor:
-        """Measure after every ``optimizer.step()`` (a step post-hook); returns self."""
-        if self._hook is None:
-            self._hook = self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step())
+        """Measure after every ``optimizer.step()`` (step pre- and post-hooks); returns self."""
+        if not self._hooks:
+            if self._recorder is None:
+                self._recorder = GradientRecorder(self.model, self._params)
+            self._hooks = [
+                self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self._before_step()),
+                self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step()),
+            ]
         return self
 
     def detach(self) -> None:
         """Stop measuring and remove every hook the Monitor placed."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        self._recorder.remove()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._recorder is not None:
+            self._recorder.remove()
+            self._recorder = None
 
     def __enter__(self) -> Monitor:
         return self.attach()
@@ -151,29 +165,45 @@ class Monitor:
 
     def observe(self, loss: Tensor | float) -> None:
         """The training loss of the coming step (kept on the device until it is logged)."""
-        self._loss = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        if isinstance(loss, Tensor) and loss.numel() != 1:
+            raise ValueError(f"observe() takes the scalar training loss, got a tensor of shape {tuple(loss.shape)}; reduce it first")
+        self._loss = loss.detach().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
 
     def step(self, loss: Tensor | float | None = None) -> dict[str, float]:
         """The explicit path: call after ``optimizer.step()`` instead of :meth:`attach`."""
-        if self._hook is not None:
+        if self._hooks:
             raise RuntimeError("the Monitor is attached and measures after optimizer.step() by itself; don't call step() too")
         if loss is not None:
             self.observe(loss)
         return self._after_step()
 
     # -- measuring ------------------------------------------------------------------------------
+    def _before_step(self) -> None:
+        """θ just before the step, for ``update/norm`` (also right after a checkpoint load)."""
+        params = _optimized(self.optimizer)
+        if len(params) != len(self._params) or any(p is not q for p, q in zip(params, self._params)):
+            # parameters added or unfrozen since: watch them from the next backward on
+            self._params = params
+            self._previous = [p.detach().clone() for p in params] if self.track_updates else None
+            if self._recorder is not None:
+                self._recorder.remove()
+                self._recorder = GradientRecorder(self.model, params)
+        elif self._previous is not None and self.cheap(self.step_count + 1):
+            for previous, param in zip(self._previous, self._params):
+                previous.copy_(param.detach())
+
     def _after_step(self) -> dict[str, float]:
         self.step_count += 1
         step = self.step_count
         metrics: dict[str, Any] = {}
         if self.cheap(step):
-            metrics.update(self._cheap_metrics())
+            metrics.update(self._guarded("metrics", self._cheap_metrics))
         if self.curvature_schedule(step):
             metrics.update(self._guarded("curvature", self.curvature.measure))
             if "loss" not in metrics and "curvature/probe_loss" in metrics:
                 metrics["loss"] = metrics["curvature/probe_loss"]
         self._loss = None
-        if self._previous is not None:
+        if self._previous is not None and not self._hooks:  # explicit path: no pre-step hook
             for previous, param in zip(self._previous, self._params):
                 previous.copy_(param.detach())
         if not metrics:
@@ -183,7 +213,10 @@ class Monitor:
         return self.latest
 
     def _cheap_metrics(self) -> dict[str, Any]:
-        metrics: dict[str, Any] = dict(self._recorder.metrics())
+        metrics: dict[str, Any] = dict(self._recorder.metrics()) if self._recorder is not None else {}
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            scale = float(self.grad_scaler.get_scale())  # the scale of this step's backward
+            metrics.update({k: v / scale for k, v in metrics.items() if k.startswith("grad/norm")})
         if self._loss is not None:
             metrics["loss"] = self._loss
         for index, group in enumerate(self.optimizer.param_groups):
@@ -199,6 +232,8 @@ class Monitor:
         try:
             return measure()
         except Exception as error:  # noqa: BLE001 - the training run matters more than a metric
+            if what == "curvature":  # a failed solve leaves no warm start worth keeping
+                self.curvature.vectors = self.curvature.preconditioned_vectors = None
             key = f"{what}:{type(error).__name__}"
             if key not in self._warned:
                 self._warned.add(key)
@@ -230,6 +265,9 @@ class Monitor:
         for detector, detector_state in zip(self.detectors, state.get("detectors", [])):
             detector.load_state_dict(detector_state)
         self.curvature.load_state_dict(state.get("curvature", {}))
+        if self._previous is not None:  # the next update is measured from the loaded parameters
+            for previous, param in zip(self._previous, self._params):
+                previous.copy_(param.detach())
         self.events = [Event(**{**e, "values": {k: float(v) for k, v in e["values"].items()}}) for e in state.get("events", [])]
 
 
@@ -243,6 +281,11 @@ def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
         values = torch.stack([metrics[name].detach().reshape(()).to(device, dtype) for name in names])
         host.update(zip(names, values.cpu().tolist()))
     return host
+
+
+def _optimized(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters the optimizer updates, in its order."""
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
 
 def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -116,3 +116,10 @@ def test_output_logit_divergence_and_entropy_collapse():
     entropy = [{"attn/entropy_min": v} for v in (1.0, 0.5, 0.04, 0.03, 0.2, 0.01)]
     events = feed(attention_entropy_collapse(), entropy)
     assert [(e.step, e.kind) for e in events] == [(2, "attention_entropy_collapse"), (5, "attention_entropy_collapse")]
+
+
+def test_a_lasting_level_shift_is_one_event_not_one_per_step():
+    series = [{"grad/norm": 1.0 + 0.01 * math.sin(i)} for i in range(200)]
+    series += [{"grad/norm": 1.5 + 0.01 * math.sin(i)} for i in range(300)]
+    events = feed(SpikeDetector("grad/norm", "grad_spike"), series)
+    assert [e.step for e in events] == [200]

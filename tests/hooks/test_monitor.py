@@ -235,3 +235,35 @@ def test_clear_errors():
         Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda batch: 0.0, probe)
     with pytest.raises(ValueError, match="stop_on has unknown event kinds"):
         Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), cases.cross_entropy, probe, stop_on=["explosion"])
+
+
+def test_review_cases_scaler_subset_reattach_and_resume():
+    """Gradient norms unscaled under GradScaler and restricted to what the optimizer updates;
+    hooks come back on re-attach; update/norm after a checkpoint load; observe() wants a scalar."""
+    model, probe = cases.mlp(), cases.digits_probe(sizes=(64,))
+    optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)  # the last layer only
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    monitor = Monitor(model, optimizer, cases.cross_entropy, probe, curvature=1000, grad_scaler=scaler)
+    for round_ in range(2):  # attach, detach, attach again
+        with monitor:
+            optimizer.zero_grad()
+            scaler.scale(cases.cross_entropy(model, probe[0])).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        # scaler.step() unscaled .grad in place before the optimizer ran: .grad is the true gradient
+        true = torch.cat([p.grad.reshape(-1) for p in model[2].parameters()]).norm().item()
+        assert monitor.latest["grad/norm"] == pytest.approx(true, rel=1e-5), round_
+        assert not any(k.startswith("grad/norm/0") for k in monitor.latest)
+    with pytest.raises(ValueError, match="observe\\(\\) takes the scalar training loss"):
+        monitor.observe(torch.ones(3))
+    checkpoint = monitor.state_dict()
+    with torch.no_grad():
+        model[2].weight.add_(1.0)  # "loading" other weights
+    monitor.load_state_dict(checkpoint)
+    monitor.attach()
+    before = model[2].weight.detach().clone()
+    optimizer.zero_grad()
+    cases.cross_entropy(model, probe[0]).backward()
+    optimizer.step()
+    update = (model[2].weight.detach() - before).norm() ** 2 + (optimizer.param_groups[0]["lr"] * model[2].bias.grad).norm() ** 2
+    assert monitor.latest["update/norm"] == pytest.approx(update.sqrt().item(), rel=1e-5)

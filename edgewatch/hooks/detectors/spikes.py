@@ -37,6 +37,10 @@ class SpikeDetector(Detector):
         sigmas: a value above mean + sigmas·σ of the window is a spike (``warning``).
         factor: a value above factor × the running maximum is a spike (``critical``).
         min_history: no σ-test before this many values are in the window.
+
+    A run of spikes raises one event (and one more if it turns critical); from its third step on
+    the values join the window, so a lasting change of level becomes the new normal instead of
+    an event every step.
     """
 
     def __init__(
@@ -56,6 +60,9 @@ class SpikeDetector(Detector):
         self.sigmas, self.factor, self.min_history = sigmas, factor, min_history
         self._window: deque[float] = deque(maxlen=window)
         self._running_max = -math.inf
+        self._streak = 0  # consecutive spiking steps
+        self._critical = False  # the current episode already raised a critical event
+        self.patience = 3
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
         value = metrics.get(self.metric)
@@ -79,18 +86,30 @@ class SpikeDetector(Detector):
                     f"last {len(self._window)} steps ({mean:.4g})",
                     {self.metric: value, "mean": mean, "std": std},
                 ))
-        if not events:
+        # One event per episode; a spike that lasts (a new level, not a spike) joins the window.
+        if events:
+            self._streak += 1
+            escalated = events[0].severity == "critical" and not self._critical
+            self._critical = self._critical or events[0].severity == "critical"
+            if self._streak > 1 and not escalated:  # one event per episode, unless it worsens
+                events = []
+            if self._streak >= self.patience:
+                self._window.append(value)
+        else:
+            self._streak, self._critical = 0, False
             self._window.append(value)
         self._running_max = max(self._running_max, value)
         return events
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window": list(self._window), "running_max": self._running_max}
+        return {"window": list(self._window), "running_max": self._running_max, "streak": self._streak, "critical": self._critical}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._window.clear()
         self._window.extend(state.get("window", []))
         self._running_max = float(state.get("running_max", -math.inf))
+        self._streak = int(state.get("streak", 0))
+        self._critical = bool(state.get("critical", False))
 
 
 class CatapultDetector(Detector):

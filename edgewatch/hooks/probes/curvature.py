@@ -121,8 +121,14 @@ class CurvatureProbe:
         return {"vectors": self.vectors, "preconditioned_vectors": self.preconditioned_vectors}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.vectors = state.get("vectors")
-        self.preconditioned_vectors = state.get("preconditioned_vectors")
+        """Restore warm starts; vectors of another size (a changed model) are dropped."""
+        self.vectors = self._usable(state.get("vectors"))
+        self.preconditioned_vectors = self._usable(state.get("preconditioned_vectors"))
+
+    def _usable(self, vectors: Tensor | None) -> Tensor | None:
+        if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != self.hessian.size:
+            return None
+        return vectors.to(device=self.hessian.device, dtype=self.hessian.dtype)
 
 
 def _eigen_metrics(prefix: str, result, value: bool = True) -> dict[str, float]:

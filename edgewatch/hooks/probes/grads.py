@@ -32,20 +32,27 @@ def module_of(name: str) -> str:
 class GradientRecorder:
     """Squared norms and non-finite counts of each parameter's gradient, as autograd writes it."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, params: list[Tensor] | None = None) -> None:
+        """Watch ``params`` (default: every trainable parameter of ``model``), named as in the model."""
+        watched = {id(p) for p in params} if params is not None else None
         self._squares: dict[str, Tensor] = {}
         self._nonfinite: dict[str, Tensor] = {}
         self._handles = [
             p.register_post_accumulate_grad_hook(self._hook(name))
             for name, p in model.named_parameters()
-            if p.requires_grad
+            if p.requires_grad and (watched is None or id(p) in watched)
         ]
 
     def _hook(self, name: str):
         def record(param: Tensor) -> None:
-            grad = param.grad.detach()
-            self._squares[name] = grad.float().pow(2).sum()
-            self._nonfinite[name] = (~torch.isfinite(grad)).sum()
+            try:
+                grad = param.grad.detach()
+                if grad.is_sparse:
+                    grad = grad.coalesce().values()
+                self._squares[name] = grad.float().pow(2).sum()
+                self._nonfinite[name] = (~torch.isfinite(grad)).sum()
+            except Exception:  # noqa: BLE001 - a metric must never break the user's backward()
+                self._squares.pop(name, None)
 
         return record
 
@@ -86,11 +93,12 @@ def adam_epsilon_fraction(optimizer: torch.optim.Optimizer) -> Tensor | None:
     below, total = [], 0
     for group in optimizer.param_groups:
         beta2, eps = group["betas"][1], group["eps"]
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            if "exp_avg_sq" not in state:
-                continue
-            v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
-            below.append((v_hat.sqrt() < eps).sum())
-            total += v_hat.numel()
+        states = [optimizer.state.get(p, {}) for p in group["params"]]
+        states = [state for state in states if "exp_avg_sq" in state]
+        if not states:
+            continue
+        # √(v/(1-β2^t)) < ε  ⇔  v < ε²(1-β2^t): no per-parameter copy; one step count per group.
+        bound = eps**2 * (1 - beta2 ** float(states[0]["step"]))
+        below += [(state["exp_avg_sq"] < bound).sum() for state in states]
+        total += sum(state["exp_avg_sq"].numel() for state in states)
     return torch.stack(below).sum() / total if total else None
