@@ -7,7 +7,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= dev
+EXTRAS     ?= all
 PIP_ARGS   ?=
 
 BIN   := $(VENV)/bin
