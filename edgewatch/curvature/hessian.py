@@ -161,8 +161,8 @@ class HessianOperator(CurvatureOperator):
         if candidate is not None and _relative_difference(candidate, reference) > tolerance:
             warnings.warn(
                 "forward-over-reverse and double-backward HVPs disagree "
-                f"(relative difference {_relative_difference(candidate, reference):.2e}); "
-                "using double backward",
+                f"(relative difference {_relative_difference(candidate, reference):.2e}; under "
+                "forward-mode AD dropout can draw other masks); using double backward",
                 stacklevel=4,
             )
             del costs["forward_over_reverse"]
