@@ -37,7 +37,11 @@ from edgewatch.hooks.probes.curvature import CurvatureProbe
 from edgewatch.hooks.probes.grads import GradientRecorder, adam_epsilon_fraction, parameter_and_update_norms
 from edgewatch.hooks.schedule import Schedule
 
-__all__ = ["Monitor", "StopTraining", "default_detectors"]
+__all__ = ["DEFAULT_CURVATURE_SCHEDULE", "Monitor", "StopTraining", "default_detectors"]
+
+#: Curvature every 16 steps, and log-spaced (4 per decade) over the first 100, where early
+#: curvature decides stability (Gilmer et al. 2022).
+DEFAULT_CURVATURE_SCHEDULE = Schedule(every=16, dense_until=100, per_decade=4)
 
 
 class StopTraining(RuntimeError):
@@ -97,7 +101,7 @@ class Monitor:
         probe: Iterable[Any],
         *,
         every: int = 1,
-        curvature: Schedule | int = Schedule(every=16, dense_until=100, per_decade=4),
+        curvature: Schedule | int = DEFAULT_CURVATURE_SCHEDULE,
         k: int = 1,
         tol: float = 1e-3,
         max_hvps: int = 100,

@@ -157,7 +157,7 @@ def test_nan_run_gives_nonfinite_and_the_monitor_survives():
 def test_stop_on_raises_from_the_optimizer_step():
     model, probe = cases.mlp(), cases.digits_probe(sizes=(64,))
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    monitor = Monitor(model, optimizer, cases.cross_entropy, probe, curvature=1000, stop_on=["nonfinite"]).attach()
+    Monitor(model, optimizer, cases.cross_entropy, probe, curvature=1000, stop_on=["nonfinite"]).attach()
     optimizer.zero_grad()
     cases.cross_entropy(model, probe[0]).backward()
     model[0].weight.grad[0, 0] = float("nan")
