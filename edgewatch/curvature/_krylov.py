@@ -34,7 +34,15 @@ from torch import Tensor
 
 from edgewatch.curvature._base import LinearOperator
 
-__all__ = ["LanczosProcess"]
+__all__ = ["LanczosProcess", "project_out"]
+
+
+def project_out(w: Tensor, basis: Tensor) -> Tensor:
+    """w minus its component in the row space of the orthonormal ``basis`` (m, n), twice over
+    ("twice is enough" for orthogonality to working precision)."""
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
 
 
 class LanczosProcess:
@@ -155,9 +163,7 @@ class LanczosProcess:
         if self._set_aside:
             basis = self.basis
             for j, w in self._set_aside:
-                for _ in range(2):
-                    w = w - basis.T @ (basis @ w)
-                directions.append(w)
+                directions.append(project_out(w, basis))
                 weights.append(s[j])
         if not directions:
             return np.zeros(s.shape[1])
@@ -171,8 +177,7 @@ class LanczosProcess:
             self._set_aside.append((j, set_aside))
         basis = self._basis[: j + 1]
         w = torch.randn(self.dimension, generator=self.generator, dtype=self.op.dtype, device=self.op.device)
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)
+        w = project_out(w, basis)
         self._basis[j + 1] = w / torch.linalg.vector_norm(w)
         self._beta = 0.0
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from edgewatch.curvature._base import LinearOperator, solver
+from edgewatch.curvature._krylov import project_out
 from edgewatch.curvature.lanczos import EigenResult
 
 __all__ = ["power_iteration"]
@@ -115,10 +116,8 @@ def _rayleigh_ritz(op: LinearOperator, vectors: Tensor, tol: float, used: int) -
 
 
 def _deflate(v: Tensor, vectors: Tensor) -> Tensor:
-    """Project out the eigenvectors found so far (twice, for orthogonality in float32)."""
-    for _ in range(2):
-        v = v - vectors @ (vectors.T @ v)
-    return v
+    """Project out the eigenvectors found so far (columns of ``vectors``)."""
+    return project_out(v, vectors.T)
 
 
 def _finite(*values: float) -> bool:

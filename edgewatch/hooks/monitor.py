@@ -193,8 +193,12 @@ class Monitor:
                 self._recorder.remove()
                 self._recorder = GradientRecorder(self.model, params)
         elif self._previous is not None and self.cheap(self.step_count + 1):
-            for previous, param in zip(self._previous, self._params):
-                previous.copy_(param.detach())
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Copy θ into the buffers ``update/norm`` is measured from."""
+        for previous, param in zip(self._previous, self._params):
+            previous.copy_(param.detach())
 
     def _after_step(self) -> dict[str, float]:
         self.step_count += 1
@@ -208,8 +212,7 @@ class Monitor:
                 metrics["loss"] = metrics["curvature/probe_loss"]
         self._loss = None
         if self._previous is not None and not self._hooks:  # explicit path: no pre-step hook
-            for previous, param in zip(self._previous, self._params):
-                previous.copy_(param.detach())
+            self._snapshot()
         if not metrics:
             return {}
         self.latest = _to_host(metrics)
@@ -270,8 +273,7 @@ class Monitor:
             detector.load_state_dict(detector_state)
         self.curvature.load_state_dict(state.get("curvature", {}))
         if self._previous is not None:  # the next update is measured from the loaded parameters
-            for previous, param in zip(self._previous, self._params):
-                previous.copy_(param.detach())
+            self._snapshot()
         self.events = [Event(**{**e, "values": {k: float(v) for k, v in e["values"].items()}}) for e in state.get("events", [])]
 
 
