@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,12 @@ class Case:
     @property
     def eigenvalues(self) -> torch.Tensor:  # descending
         return torch.linalg.eigvalsh(self.hessian).flip(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runs_in_a_temporary_directory(tmp_path_factory):
+    """Monitors write run directories by default: keep them out of the checkout."""
+    os.environ["EDGEWATCH_DIR"] = str(tmp_path_factory.mktemp("runs"))
 
 
 def _build(name: str) -> Case:

@@ -14,9 +14,11 @@ module's mode and leaves the global RNG streams where they were.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -33,9 +35,11 @@ from edgewatch.hooks.detectors import (
     output_logit_divergence,
 )
 from edgewatch.hooks.events import KINDS, Detector, Event
+from edgewatch.hooks.meta import run_meta
 from edgewatch.hooks.probes.curvature import CurvatureProbe
 from edgewatch.hooks.probes.grads import GradientRecorder, adam_epsilon_fraction, parameter_and_update_norms
 from edgewatch.hooks.schedule import Schedule
+from edgewatch.loggers import JsonlLogger, Logger, MultiLogger, make_logger
 
 __all__ = ["DEFAULT_CURVATURE_SCHEDULE", "Monitor", "StopTraining", "default_detectors"]
 
@@ -85,6 +89,13 @@ class Monitor:
             model's worth).
         grad_scaler: the AMP ``GradScaler`` of the loop, if any: gradient norms are reported
             unscaled (the scale of the step's backward divided out).
+        loggers: where metrics and events go besides the run directory: specs such as
+            ``"wandb"``, ``"tensorboard:tb/exp1"``, ``"mlflow"``, ``"stdout"``, or
+            :class:`~edgewatch.loggers.Logger` objects (see :func:`~edgewatch.loggers.make_logger`).
+        run_dir: the JSONL run directory (``meta.json``, ``metrics.jsonl``, ``events.jsonl``),
+            always written: default a new directory under ``$EDGEWATCH_DIR`` (``./runs``) named
+            by the time; a ``"jsonl:DIR"`` spec in ``loggers`` names it too. ``False`` turns it off.
+            It is created when the first record is written; reusing it resumes (appends).
 
     ``state_dict()`` holds tensors (warm-start vectors): save it with ``torch.save``.
 
@@ -113,6 +124,8 @@ class Monitor:
         stop_on: Iterable[str] = (),
         track_updates: bool = True,
         grad_scaler: torch.amp.GradScaler | None = None,
+        loggers: Sequence[str | Logger] = (),
+        run_dir: str | os.PathLike | None | Literal[False] = None,
     ) -> None:
         _check_optimizer(model, optimizer)
         self.model, self.optimizer = model, optimizer
@@ -139,6 +152,10 @@ class Monitor:
         self._recorder: GradientRecorder | None = GradientRecorder(model, self._params)  # counts the first step
         self._hooks: list = []
         self._warned: set[str] = set()
+        self.logger = MultiLogger(_with_run_dir([make_logger(spec) for spec in loggers], run_dir))
+        #: The JSONL run directory (``None`` with ``run_dir=False``).
+        self.run_dir: Path | None = next((lg.run_dir for lg in self.logger.loggers if isinstance(lg, JsonlLogger)), None)
+        self._logging = False
 
     # -- attaching ------------------------------------------------------------------------------
     def attach(self) -> Monitor:
@@ -161,11 +178,18 @@ class Monitor:
             self._recorder.remove()
             self._recorder = None
 
+    def close(self) -> None:
+        """Detach and close the loggers (files flushed, a W&B run the Monitor started finished)."""
+        self.detach()
+        if self._logging:
+            self.logger.close()
+            self._logging = False
+
     def __enter__(self) -> Monitor:
         return self.attach()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.detach()
+        self.close()
 
     def observe(self, loss: Tensor | float) -> None:
         """The training loss of the coming step (kept on the device until it is logged)."""
@@ -216,6 +240,10 @@ class Monitor:
         if not metrics:
             return {}
         self.latest = _to_host(metrics)
+        if not self._logging:
+            self.logger.start(run_meta(self))
+            self._logging = True
+        self.logger.log(self.latest, step)
         self._detect(self.latest, step)
         return self.latest
 
@@ -252,6 +280,7 @@ class Monitor:
         for detector in self.detectors:
             for event in detector.update(metrics, step):
                 self.events.append(event)
+                self.logger.log_event(event.to_dict())
                 for callback in self.callbacks:
                     callback(event)
                 if event.kind in self.stop_on:
@@ -287,6 +316,16 @@ def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
         values = torch.stack([metrics[name].detach().reshape(()).to(device, dtype) for name in names])
         host.update(zip(names, values.cpu().tolist()))
     return host
+
+
+def _with_run_dir(loggers: list[Logger], run_dir: str | os.PathLike | None | Literal[False]) -> list[Logger]:
+    """The loggers with the JSONL run directory first, unless ``run_dir=False``."""
+    named = [logger for logger in loggers if isinstance(logger, JsonlLogger)]
+    if run_dir is False:
+        return loggers
+    if named and run_dir is not None:
+        raise ValueError(f"the run directory is given twice: run_dir={str(run_dir)!r} and a jsonl logger for {str(named[0].run_dir)!r}")
+    return loggers if named else [JsonlLogger(run_dir), *loggers]
 
 
 def _optimized(optimizer: torch.optim.Optimizer) -> list[Tensor]:

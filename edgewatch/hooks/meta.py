@@ -1,0 +1,99 @@
+"""What a run directory's ``meta.json`` says about the run: versions, model, optimizer, probe, schedules."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from edgewatch.optimizers import UnsupportedOptimizerError, stability
+
+if TYPE_CHECKING:
+    from edgewatch.hooks.monitor import Monitor
+
+__all__ = ["run_meta"]
+
+
+def run_meta(monitor: Monitor) -> dict[str, Any]:
+    """A JSON-ready description of the watched run (written once, when the first record is)."""
+    from edgewatch import __version__
+
+    model, optimizer, probe = monitor.model, monitor.optimizer, monitor.curvature
+    parameters = list(model.parameters())
+    first = parameters[0] if parameters else torch.empty(())
+    meta: dict[str, Any] = {
+        "edgewatch": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "step": monitor.step_count,
+        "model": {
+            "class": type(model).__name__,
+            "parameters": sum(p.numel() for p in parameters),
+            "trainable": sum(p.numel() for p in parameters if p.requires_grad),
+            "device": str(first.device),
+            "dtype": str(first.dtype).removeprefix("torch."),
+        },
+        "optimizer": {
+            "class": type(optimizer).__name__,
+            "groups": [
+                {key: _plain(value) for key, value in group.items() if key != "params"} | {"parameters": sum(p.numel() for p in group["params"])}
+                for group in optimizer.param_groups
+            ],
+        },
+        "probe": {
+            "batches": len(probe.hessian.probe),
+            "examples": sum(_leading_size(batch) for batch in probe.hessian.probe),
+            "curvature_parameters": probe.hessian.size,
+        },
+        "schedules": {
+            "every": monitor.cheap.every,
+            "curvature": {"every": monitor.curvature_schedule.every, "dense_until": monitor.curvature_schedule.dense_until,
+                          "per_decade": monitor.curvature_schedule.per_decade},
+        },
+        "curvature": {"k": probe.k, "tol": probe.tol, "max_hvps": probe.max_hvps, "method": probe.hessian.method or "auto",
+                      "seed": probe.hessian.seed, "train": probe.hessian.train},
+        "detectors": sorted({kind for detector in monitor.detectors for kind in detector.kinds}),
+        "stop_on": sorted(monitor.stop_on),
+    }
+    try:  # the stability constant c per group: what r = ηλ/c divides by
+        meta["optimizer"]["stability"] = [
+            {"constant": group.stability_constant, "formula": group.formula} for group in stability(optimizer).groups
+        ]
+    except UnsupportedOptimizerError:
+        pass
+    return meta
+
+
+def _plain(value: Any) -> Any:
+    """A hyperparameter as JSON can hold it."""
+    if isinstance(value, Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return repr(value)
+
+
+def _leading_size(batch: Any) -> int:
+    """Examples in a batch: the leading size of its first tensor."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            size = _leading_size(item)
+            if size:
+                return size
+    return 0
