@@ -225,6 +225,9 @@ class Monitor:
             previous.copy_(param.detach())
 
     def _after_step(self) -> dict[str, float]:
+        if not self._logging:  # meta records the step the run starts (or resumes) from
+            self.logger.start(run_meta(self))
+            self._logging = True
         self.step_count += 1
         step = self.step_count
         metrics: dict[str, Any] = {}
@@ -240,9 +243,6 @@ class Monitor:
         if not metrics:
             return {}
         self.latest = _to_host(metrics)
-        if not self._logging:
-            self.logger.start(run_meta(self))
-            self._logging = True
         self.logger.log(self.latest, step)
         self._detect(self.latest, step)
         return self.latest
