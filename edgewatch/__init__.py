@@ -2,7 +2,19 @@
 
 __version__ = "0.1.0.dev0"
 
-from edgewatch import curvature, hooks, optimizers
+from edgewatch import curvature, hooks, loggers, optimizers
+from edgewatch._optional import MissingExtraError
 from edgewatch.hooks import Event, Monitor, Schedule, StopTraining
 
-__all__ = ["Event", "Monitor", "Schedule", "StopTraining", "__version__", "curvature", "hooks", "optimizers"]
+__all__ = [
+    "Event",
+    "MissingExtraError",
+    "Monitor",
+    "Schedule",
+    "StopTraining",
+    "__version__",
+    "curvature",
+    "hooks",
+    "loggers",
+    "optimizers",
+]

@@ -137,10 +137,7 @@ class Monitor:
         _check_probe_fits(self.curvature)
         self.detectors = list(default_detectors() if detectors is None else detectors)
         self.callbacks = list(callbacks)
-        self.stop_on = set(stop_on)
-        unknown = self.stop_on - set(KINDS) - {kind for d in self.detectors for kind in d.kinds}
-        if unknown:
-            raise ValueError(f"stop_on has unknown event kinds {sorted(unknown)}; known: {list(KINDS)}")
+        self.stop_on = set(check_stop_on(stop_on, self.detectors))
         self.step_count = 0
         self.events: list[Event] = []
         self.latest: dict[str, float] = {}
@@ -316,6 +313,15 @@ def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
         values = torch.stack([metrics[name].detach().reshape(()).to(device, dtype) for name in names])
         host.update(zip(names, values.cpu().tolist()))
     return host
+
+
+def check_stop_on(stop_on: Iterable[str], detectors: Sequence[Detector] | None) -> frozenset[str]:
+    """``stop_on`` as a set, checked against the kinds the detectors (default: the built-in ones) raise."""
+    kinds = frozenset(stop_on)
+    unknown = kinds - set(KINDS) - {kind for detector in detectors or () for kind in detector.kinds}
+    if unknown:
+        raise ValueError(f"stop_on has unknown event kinds {sorted(unknown)}; known: {list(KINDS)}")
+    return kinds
 
 
 def _with_run_dir(loggers: list[Logger], run_dir: str | os.PathLike | None | Literal[False]) -> list[Logger]:
