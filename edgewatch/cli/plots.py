@@ -1,0 +1,268 @@
+"""The report and compare figures (matplotlib, behind the ``plot`` extra).
+
+Panels share the step axis and are left out when the run has no data for them. The sharpness
+panel is Cohen et al.'s plot (2021, https://arxiv.org/abs/2103.00065; 2022 for adaptive
+methods, https://arxiv.org/abs/2207.14484): λ_1 against the threshold c/η, dashed, as logged per
+step, so it follows learning-rate schedules. For SGD that is the raw λ_1 of H against 2/η (or
+(2+2β)/η); for adaptive optimizers the preconditioned λ_1 of P^-½ H P^-½ against c/η (38/η for
+Adam at β1 = 0.9), with the raw λ_1 drawn too.
+
+Figures are drawn on a bare :class:`matplotlib.figure.Figure` and saved by the Agg canvas:
+pyplot's global state and the caller's backend are never touched, and no display is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgewatch._optional import require
+from edgewatch.cli.rundir import Run, Series
+from edgewatch.hooks.events import KINDS, SEVERITIES
+
+__all__ = ["compare_figure", "report_figure"]
+
+SEVERITY_COLORS = {"info": "#2ca02c", "warning": "#ff7f0e", "critical": "#d62728"}
+_MARKERS = "v^sDPX*o<>hpd"
+_DASHED = {"color": "C0", "ls": "--", "lw": 1.2, "marker": None}
+_NORMS = (("grad/norm", "‖g‖ gradient"), ("param/norm", "‖θ‖ parameters"), ("update/norm", "‖Δθ‖ update"),
+          ("update/ratio", "‖Δθ‖/‖θ‖"))
+_OUTPUT_LOGITS = (("logits/max", "max |z|"), ("logits/log_z_max", "max log Z"), ("logits/log_z_mean", "mean log Z"))
+
+
+
+def report_figure(run: Run, path: Path, progress: Any = None) -> None:
+    """One run: loss with events, sharpness against threshold, ratio r, logits, attention, norms."""
+    panels: list[tuple[str, str, Callable[[Any], None]]] = []
+    if run.has("loss"):
+        panels.append(("loss, with events", "loss", lambda ax: _lines(ax, [(run.series("loss"), "loss", {"color": "#333"})])))
+    if run.has("curvature/lambda_max") or run.has("curvature/precond_lambda_max"):
+        panels.append(("sharpness against the stability threshold (dashed)", "eigenvalue", lambda ax: _sharpness(ax, run)))
+    if run.has("curvature/stability_ratio"):
+        panels.append(("stability ratio r = ηλ/c", "r", lambda ax: _ratio(ax, [(run, "r", "C0")])))
+    logits = [(run.series(name), label, {}) for name, label in _OUTPUT_LOGITS if run.has(name)]
+    if logits:
+        panels.append(("output logits", "logit", lambda ax: _lines(ax, logits)))
+    attention = _attention_lines(run)
+    if attention:
+        panels.append(("attention logits", "max |q·k|/√d", lambda ax: _lines(ax, attention)))
+    if run.has("attn/entropy_min"):
+        entropy = [(run.series("attn/entropy_min"), "min attention entropy", {"color": "C5"})]
+        panels.append(("attention entropy", "nats", lambda ax: _lines(ax, entropy)))
+    norms = [(run.series(name), label, {}) for name, label in _NORMS if run.has(name)]
+    if norms:
+        panels.append(("gradient, parameter and update norms", "norm (log)", lambda ax: _lines(ax, norms, log=True)))
+
+    if progress is not None:
+        progress.add(len(panels))
+    figure, axes = _figure(len(panels), f"{run.name} — {run.optimizer()}")
+    for ax, (title, ylabel, draw) in zip(axes, panels):
+        draw(ax)
+        _events(ax, run.events, markers=ax is axes[0])
+        _label(ax, title, ylabel)
+        if progress is not None:
+            progress.tick(title)
+    _save(figure, axes, path)
+
+
+def compare_figure(runs: Sequence[Run], labels: Sequence[str], path: Path, progress: Any = None) -> None:
+    """Runs overlaid, one color each: loss, sharpness with each run's threshold dashed, r, ‖g‖, attention."""
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    panels: list[tuple[str, str, Callable[[Any], None]]] = []
+
+    def overlay(name: str, log: bool = False) -> Callable[[Any], None]:
+        """One line per run; a diverging run is cut at 10× the largest starting value, so the others stay readable."""
+        starts = [s.values[np.isfinite(s.values)][:1] for s in (r.series(name) for r in runs)]
+        cap = 10 * float(np.concatenate(starts).max()) if len(runs) > 1 and np.concatenate(starts).size else None
+        return lambda ax: _lines(ax, [(r.series(name), None, {"color": c}) for r, c in zip(runs, colors)], log=log, cap=cap)
+
+    if any(r.has("loss") for r in runs):
+        panels.append(("loss", "loss", overlay("loss")))
+    if any(r.has("curvature/lambda_max") or r.has("curvature/precond_lambda_max") for r in runs):
+        panels.append(("sharpness λ_1 (preconditioned for adaptive optimizers) and threshold c/η (dashed)", "eigenvalue",
+                       lambda ax: _compare_sharpness(ax, runs, colors)))
+    if any(r.has("curvature/stability_ratio") for r in runs):
+        panels.append(("stability ratio r = ηλ/c (dotted: first eos_reached)", "r",
+                       lambda ax: _ratio(ax, list(zip(runs, labels, colors)), eos=True)))
+    if any(r.has("grad/norm") for r in runs):
+        panels.append(("gradient norm", "‖g‖ (log)", overlay("grad/norm", log=True)))
+    if any(r.has("attn/max_logit") for r in runs):
+        panels.append(("attention max logit", "max |q·k|/√d", overlay("attn/max_logit")))
+
+    if progress is not None:
+        progress.add(len(panels))
+    figure, axes = _figure(len(panels), "edgewatch compare")
+    for ax, (title, ylabel, draw) in zip(axes, panels):
+        draw(ax)
+        _label(ax, title, ylabel, legend=False)
+        if progress is not None:
+            progress.tick(title)
+    handles = [_line2d(color=c, label=_text(label)) for label, c in zip(labels, colors)]
+    styles = [_line2d(color="0.3", label="λ_1, r, loss, ‖g‖"), _line2d(color="0.3", ls="--", label="threshold c/η"),
+              _line2d(color="0.3", ls=":", label="first eos_reached"), _line2d(color="#d62728", ls="--", label="r = 1")]
+    axes[0].legend(handles=handles + styles, loc="upper left", bbox_to_anchor=(1.01, 1), title="runs", fontsize=9, frameon=False)
+    _save(figure, axes, path)
+
+
+# --- panels ---------------------------------------------------------------------------------------
+
+
+def _sharpness(ax: Any, run: Run) -> None:
+    raw, precond = run.series("curvature/lambda_max"), run.series("curvature/precond_lambda_max")
+    threshold = f"threshold {_constant(run)}/η"
+    if _adaptive(run):
+        lines = [(precond, "preconditioned λ_1", {"color": "C0"}), (run.series("curvature/threshold"), threshold, _DASHED),
+                 (raw, "raw λ_1 of H", {"color": "C4"})]
+    else:
+        lines = [(raw if len(raw.steps) else precond, "λ_1", {"color": "C0"}),
+                 (run.series("curvature/threshold"), threshold, _DASHED)]
+        lines += [(run.series(name), f"λ_{name.rsplit('_', 1)[1]}", {"color": "0.6", "lw": 0.8})
+                  for name in run.names("curvature/lambda_") if name.rsplit("_", 1)[1].isdigit() and name != "curvature/lambda_1"]
+    _lines(ax, lines)
+
+
+def _compare_sharpness(ax: Any, runs: Sequence[Run], colors: Sequence[str]) -> None:
+    lines = []
+    for run, color in zip(runs, colors):
+        name = "curvature/precond_lambda_max" if _adaptive(run) else "curvature/lambda_max"
+        lines += [(run.series(name), None, {"color": color}), (run.series("curvature/threshold"), None, {**_DASHED, "color": color})]
+    _lines(ax, lines)
+
+
+def _ratio(ax: Any, runs: Sequence[tuple[Run, str, str]], eos: bool = False) -> None:
+    _lines(ax, [(run.series("curvature/stability_ratio"), None if eos else label, {"color": color}) for run, label, color in runs])
+    ax.axhline(1.0, color="#d62728", ls="--", lw=1, label="edge of stability, r = 1")
+    for run, _, color in runs if eos else ():
+        first = next((e["step"] for e in run.events if e["kind"] == "eos_reached"), None)
+        if first is not None:
+            ax.axvline(first, color=color, ls=":", lw=1.2)
+
+
+def _attention_lines(run: Run) -> list[tuple[Series, str | None, dict]]:
+    layers = [(run.series(name), f"layer {name.split('/', 2)[2]}", {"lw": 0.7, "alpha": 0.7}) for name in run.names("attn/max_logit/")]
+    overall = [(run.series("attn/max_logit"), "max over layers", {"color": "k", "lw": 1.6})] if run.has("attn/max_logit") else []
+    if len(layers) == 1 and overall:
+        return overall  # the one layer is the maximum
+    return overall + (layers if len(layers) <= 12 else [(s, None, kw) for s, _, kw in layers])  # unlabeled when many
+
+
+def _lines(ax: Any, lines: Sequence[tuple[Series, str | None, dict]], log: bool = False, cap: float | None = None) -> None:
+    """Plot (series, label, style) lines; non-finite points are gaps; log y when positive and wide; y cut at ``cap``."""
+    finite = []
+    for series, label, style in lines:
+        values = np.where(np.isfinite(series.values), series.values, np.nan)
+        sparse = len(values) <= 80
+        ax.plot(series.steps, values, label=_text(label) if label else None,
+                **{"lw": 1.2, "marker": "o" if sparse else None, "ms": 2.5, **style})
+        finite.append(values[np.isfinite(values)])
+    values = np.concatenate(finite) if finite else np.zeros(0)
+    cut = cap is not None and bool((values > cap).any())
+    values = values[values <= cap] if cut else values
+    positive = len(values) and values.min() > 0
+    if log or (positive and values.max() / values.min() > 50):
+        ax.set_yscale("log", nonpositive="mask")
+    if cut and len(values):  # autoscaling would have used the values above the cap too
+        low, high = values.min(), values.max()
+        log = ax.get_yscale() == "log"
+        pad = 0.05 * (high - low or abs(high) or 1.0)
+        ax.set_ylim(*((low / 1.5, high * 1.5) if log and low > 0 else (low - pad, high + pad)))
+        ax.text(0.995, 0.97, "cut at 10× the largest starting value", transform=ax.transAxes, ha="right", va="top",
+                fontsize=8, color="0.4")
+
+
+def _events(ax: Any, events: Sequence[dict], markers: bool) -> None:
+    """Faint vertical lines at events, colored by severity; on the first panel a marker per kind too."""
+    if not events:
+        return
+    by_severity: dict[str, list[int]] = {}
+    for event in events:
+        by_severity.setdefault(event["severity"], []).append(event["step"])
+    for severity, steps in by_severity.items():
+        ax.vlines(steps, 0, 1, transform=ax.get_xaxis_transform(), color=_severity(severity), lw=0.8, alpha=0.35, zorder=0)
+    if not markers:
+        return
+    kinds = list(dict.fromkeys(event["kind"] for event in events))
+    for i, kind in enumerate(kinds):  # kinds staggered in height, so events at one step stay apart
+        steps = [e["step"] for e in events if e["kind"] == kind]
+        colors = [_severity(e["severity"]) for e in events if e["kind"] == kind]
+        ax.scatter(steps, np.full(len(steps), 0.94 - 0.07 * (i % 4)), transform=ax.get_xaxis_transform(), marker=_marker(kind, kinds),
+                   c=colors, s=36, edgecolors="k", linewidths=0.5, zorder=3, clip_on=False)
+    handles = [_line2d(marker=_marker(k, kinds), color="0.5", ls="", label=_text(k)) for k in kinds]
+    present = {e["severity"] for e in events}
+    handles += [_line2d(color=_severity(s), lw=3, label=_text(s)) for s in sorted(present, key=_severity_rank)]
+    ax.add_artist(ax.legend(handles=handles, title="events", loc="lower left", bbox_to_anchor=(1.01, 0), fontsize=8,
+                            title_fontsize=8, frameon=False))
+
+
+# --- figure plumbing ------------------------------------------------------------------------------
+
+
+def _figure(panels: int, title: str) -> tuple[Any, list[Any]]:
+    """A column of panels sharing the step axis, with a fixed 2.4-inch margin on the right for legends.
+
+    Fixed margins instead of constrained layout: it would measure every tick label again (half the time).
+    """
+    figure_module = require("matplotlib.figure", "plot", what="edgewatch's report and compare figures")
+    rows = max(panels, 1)
+    width, height = 11.0, 1.0 + 2.3 * rows
+    figure = figure_module.Figure(figsize=(width, height), dpi=100)
+    figure.subplots_adjust(left=0.9 / width, right=1 - 2.4 / width, top=1 - 0.5 / height, bottom=0.5 / height, hspace=0.32)
+    figure.suptitle(_text(title), y=1 - 0.12 / height, va="top")
+    axes = list(figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0])
+    if not panels:
+        axes[0].text(0.5, 0.5, "no metrics to plot", ha="center", va="center", transform=axes[0].transAxes)
+    return figure, axes
+
+
+def _label(ax: Any, title: str, ylabel: str, legend: bool = True) -> None:
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+
+
+def _save(figure: Any, axes: Sequence[Any], path: Path) -> None:
+    axes[-1].set_xlabel("step")
+    figure.savefig(path, format="png")
+
+
+def _line2d(**kwargs: Any) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], **kwargs)
+
+
+def _adaptive(run: Run) -> bool:
+    """Whether the preconditioned sharpness differs from the raw one (it equals it for SGD)."""
+    raw, precond = run.series("curvature/lambda_max"), run.series("curvature/precond_lambda_max")
+    if not len(precond.steps):
+        return False
+    same = np.array_equal(raw.steps, precond.steps) and np.allclose(raw.values, precond.values, equal_nan=True)
+    return not same
+
+
+def _constant(run: Run) -> str:
+    constant = run.stability_constant()
+    return f"{constant:.3g}" if constant is not None else "c"
+
+
+def _severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
+def _severity(severity: str) -> str:
+    return SEVERITY_COLORS.get(severity, "0.4")
+
+
+def _marker(kind: str, kinds: list[str]) -> str:
+    index = KINDS.index(kind) if kind in KINDS else len(KINDS) + kinds.index(kind)
+    return _MARKERS[index % len(_MARKERS)]
+
+
+def _text(text: str) -> str:
+    """Text from a run, shown literally: ``$`` would start matplotlib mathtext."""
+    return str(text).replace("$", r"\$")
