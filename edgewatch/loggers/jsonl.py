@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from edgewatch.loggers._base import Logger
 
-__all__ = ["ENV_RUNS_ROOT", "JsonlLogger", "default_run_dir", "read_jsonl"]
+__all__ = ["ENV_RUNS_ROOT", "JsonlLogger", "default_run_dir", "jsonable", "read_jsonl"]
 
 #: Environment variable for the directory new run directories are made in (default ``runs``).
 ENV_RUNS_ROOT = "EDGEWATCH_DIR"
@@ -75,7 +75,7 @@ class JsonlLogger(Logger):
                     f"edgewatch: {self.run_dir} already holds a run with steps up to {previous}; steps up to "
                     "that are not written again. Use a new run_dir for a new run.", stacklevel=3,
                 )
-        _write_atomically(meta_path, json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n")
+        _write_atomically(meta_path, json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self._append("metrics", step, {"step": step, "time": time.time(), **metrics})
@@ -89,7 +89,7 @@ class JsonlLogger(Logger):
         file = self._files.get(stream)
         if file is None:
             raise RuntimeError(f"the JSONL logger for {self.run_dir} was closed or never started")
-        file.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
+        file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
         file.flush()
 
     def close(self) -> None:
@@ -121,13 +121,14 @@ def _last_step(path: Path) -> int:
     return int(json.loads(lines[-1])["step"]) if lines else 0
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with every non-finite float as the string JSON can hold (``"nan"``, ``"inf"``, ``"-inf"``)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 

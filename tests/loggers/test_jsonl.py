@@ -20,7 +20,14 @@ from torch import nn
 
 import edgewatch as ew
 from edgewatch.hooks.events import Detector, Event
-from edgewatch.loggers import JsonlLogger, Logger, MultiLogger, StdoutLogger, make_logger, read_jsonl
+from edgewatch.loggers import (
+    JsonlLogger,
+    Logger,
+    MultiLogger,
+    StdoutLogger,
+    make_logger,
+    read_jsonl,
+)
 
 
 def tiny(seed=0, lr=0.1):
