@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from edgewatch.loggers import read_jsonl
+
 README = Path(__file__).parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run():
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write run directories and trainer outputs where they run
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
     assert len(blocks) >= 2, "the README lost its Python examples"
     namespace: dict = {}
@@ -21,3 +24,10 @@ def test_readme_python_blocks_run():
     assert namespace["bottom"].eigenvalues[0] < 0
     assert namespace["info"].threshold == 38 / 1e-3
     assert namespace["lam"] > 0
+    written = [record["step"] for record in read_jsonl(tmp_path / "runs" / "digits-gd" / "metrics.jsonl")]
+    assert written == list(range(1, 301))
+    assert namespace["result"].png.stat().st_size > 10_000 and namespace["result"].summary["steps"] == 300
+    assert namespace["watch"].monitor.step_count == namespace["trainer"].global_step == 60
+    assert (tmp_path / "lightning_logs" / "version_0" / "edgewatch" / "metrics.jsonl").exists()
+    steps = [record["step"] for record in read_jsonl(tmp_path / "hf_out" / "edgewatch" / "metrics.jsonl")]
+    assert steps == list(range(1, 31))
