@@ -67,6 +67,8 @@ def run_meta(monitor: Monitor) -> dict[str, Any]:
         ]
     except UnsupportedOptimizerError:
         pass
+    except Exception as error:  # noqa: BLE001 - a description of the run must not stop the run
+        meta["optimizer"]["stability"] = {"error": f"{type(error).__name__}: {error}"}
     return meta
 
 

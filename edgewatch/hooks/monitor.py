@@ -91,11 +91,15 @@ class Monitor:
             unscaled (the scale of the step's backward divided out).
         loggers: where metrics and events go besides the run directory: specs such as
             ``"wandb"``, ``"tensorboard:tb/exp1"``, ``"mlflow"``, ``"stdout"``, or
-            :class:`~edgewatch.loggers.Logger` objects (see :func:`~edgewatch.loggers.make_logger`).
+            :class:`~edgewatch.loggers.Logger` objects (see :func:`~edgewatch.loggers.make_logger`);
+            one spec alone is fine too. A step is logged once, even if training rewinds to a
+            checkpoint and passes it again.
         run_dir: the JSONL run directory (``meta.json``, ``metrics.jsonl``, ``events.jsonl``),
             always written: default a new directory under ``$EDGEWATCH_DIR`` (``./runs``) named
             by the time; a ``"jsonl:DIR"`` spec in ``loggers`` names it too. ``False`` turns it off.
-            It is created when the first record is written; reusing it resumes (appends).
+            It is created when the first record is written. A run resumed from a checkpoint
+            (``load_state_dict``) appends to it; a new run never mixes with an old one's records
+            (it moves to ``DIR-2``, with a warning).
 
     ``state_dict()`` holds tensors (warm-start vectors): save it with ``torch.save``.
 
@@ -124,7 +128,7 @@ class Monitor:
         stop_on: Iterable[str] = (),
         track_updates: bool = True,
         grad_scaler: torch.amp.GradScaler | None = None,
-        loggers: Sequence[str | Logger] = (),
+        loggers: str | Logger | Sequence[str | Logger] = (),
         run_dir: str | os.PathLike | None | Literal[False] = None,
     ) -> None:
         _check_optimizer(model, optimizer)
@@ -149,10 +153,17 @@ class Monitor:
         self._recorder: GradientRecorder | None = GradientRecorder(model, self._params)  # counts the first step
         self._hooks: list = []
         self._warned: set[str] = set()
+        if isinstance(loggers, (str, Logger)):
+            loggers = [loggers]
         self.logger = MultiLogger(_with_run_dir([make_logger(spec) for spec in loggers], run_dir))
-        #: The JSONL run directory (``None`` with ``run_dir=False``).
-        self.run_dir: Path | None = next((lg.run_dir for lg in self.logger.loggers if isinstance(lg, JsonlLogger)), None)
+        self._jsonl = next((lg for lg in self.logger.loggers if isinstance(lg, JsonlLogger)), None)
         self._logging = False
+        self._logged_until = 0  # the last step whose records went to the loggers
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The JSONL run directory (``None`` with ``run_dir=False``); final once the first step is logged."""
+        return self._jsonl.run_dir if self._jsonl is not None else None
 
     # -- attaching ------------------------------------------------------------------------------
     def attach(self) -> Monitor:
@@ -223,7 +234,8 @@ class Monitor:
 
     def _after_step(self) -> dict[str, float]:
         if not self._logging:  # meta records the step the run starts (or resumes) from
-            self.logger.start(run_meta(self))
+            if self.logger.loggers:
+                self.logger.start(run_meta(self))
             self._logging = True
         self.step_count += 1
         step = self.step_count
@@ -240,8 +252,12 @@ class Monitor:
         if not metrics:
             return {}
         self.latest = _to_host(metrics)
-        self.logger.log(self.latest, step)
-        self._detect(self.latest, step)
+        # A step already logged (training rewound to a checkpoint in this process) is not logged twice.
+        log = step > self._logged_until
+        if log:
+            self._logged_until = step
+            self.logger.log(self.latest, step)
+        self._detect(self.latest, step, log)
         return self.latest
 
     def _cheap_metrics(self) -> dict[str, Any]:
@@ -273,11 +289,12 @@ class Monitor:
                               f"({type(error).__name__}: {error}); training continues", stacklevel=3)
             return {f"{what}/failed": 1.0}
 
-    def _detect(self, metrics: dict[str, float], step: int) -> None:
+    def _detect(self, metrics: dict[str, float], step: int, log: bool) -> None:
         for detector in self.detectors:
             for event in detector.update(metrics, step):
                 self.events.append(event)
-                self.logger.log_event(event.to_dict())
+                if log:
+                    self.logger.log_event(event.to_dict())
                 for callback in self.callbacks:
                     callback(event)
                 if event.kind in self.stop_on:

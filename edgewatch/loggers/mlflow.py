@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 
 from edgewatch._optional import require
 from edgewatch.loggers._base import Logger
-from edgewatch.loggers.jsonl import jsonable, default_run_dir
+from edgewatch.loggers.jsonl import jsonable, runs_root
 
 __all__ = ["MlflowLogger", "mlflow_name"]
 
@@ -74,7 +74,7 @@ class MlflowLogger(Logger):
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "edgewatch", run_name: str | None = None) -> None:
         self._mlflow = require("mlflow", "mlflow", what="the MLflow logger")
-        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (default_run_dir().parent / "mlruns").resolve().as_uri()
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (runs_root() / "mlruns").resolve().as_uri()
         self.experiment, self.run_name = experiment, run_name
         self.client: Any = None
         self.run_id: str | None = None

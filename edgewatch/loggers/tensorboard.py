@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edgewatch._optional import require
 from edgewatch.loggers._base import Logger
-from edgewatch.loggers.jsonl import default_run_dir
+from edgewatch.loggers.jsonl import runs_root
 
 __all__ = ["TensorBoardLogger"]
 
@@ -43,8 +44,7 @@ class TensorBoardLogger(Logger):
     def __init__(self, log_dir: str | os.PathLike | None = None, flush_secs: int = 30) -> None:
         require("tensorboard", "tensorboard", what="the TensorBoard logger")  # torch's writer needs it
         if log_dir is None:
-            run = default_run_dir()  # $EDGEWATCH_DIR/<time>: the same root and time stamp as the run directory
-            log_dir = run.parent / "tensorboard" / run.name
+            log_dir = runs_root() / "tensorboard" / time.strftime("%Y%m%d-%H%M%S")
         self.log_dir = Path(log_dir)
         self.flush_secs = flush_secs
         self.writer: Any = None

@@ -64,6 +64,8 @@ class WandbLogger(Logger):
         self._last_alert: dict[str, float] = {}  # kind -> time.monotonic() of its last alert
 
     def start(self, meta: Mapping[str, Any]) -> None:
+        # a logger handed to a second Monitor (a second fit()) starts from nothing of the first run's
+        self._owned, self._prefix, self._defined, self._events = False, "", set(), []
         wandb = self._wandb
         if wandb.run is not None:
             self.run, self._prefix = wandb.run, "edgewatch/"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import math
@@ -109,16 +110,84 @@ def test_resuming_appends_without_duplicating_steps(tmp_path):
     assert json.loads((tmp_path / "meta.json").read_text())["resumes"][0]["step"] == 10
 
 
-def test_a_new_run_in_an_old_directory_is_told(tmp_path):
+def test_a_new_run_never_mixes_with_an_old_runs_records(tmp_path):
+    run_dirs = []
     for attempt in range(2):
         model, optimizer, batch = tiny(seed=attempt)
-        monitor = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path).attach()
+        monitor = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path / "run").attach()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             train(monitor, model, optimizer, batch, 3)
         monitor.close()
-    assert any("already holds a run with steps up to 3" in str(w.message) for w in caught)
-    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+        run_dirs.append(monitor.run_dir)
+    assert run_dirs == [tmp_path / "run", tmp_path / "run-2"]
+    assert any(f"writing it to {tmp_path / 'run-2'}" in str(w.message) for w in caught)
+    for run_dir in run_dirs:
+        assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+        assert json.loads((run_dir / "meta.json").read_text())["step"] == 0
+
+
+def test_default_run_directories_are_reserved_not_shared(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEWATCH_DIR", str(tmp_path))
+    loggers = [JsonlLogger() for _ in range(3)]  # same second, same time stamp
+    for logger in loggers:
+        logger.start({})
+    assert len({logger.run_dir for logger in loggers}) == 3
+    assert all(logger.run_dir.parent == tmp_path and logger.run_dir.is_dir() for logger in loggers)
+    for logger in loggers:
+        logger.close()
+
+
+def test_rewinding_to_a_checkpoint_in_the_same_process_logs_no_step_twice(tmp_path):
+    model, optimizer, batch = tiny()
+    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path, detectors=[EveryFifth()]).attach()
+    train(monitor, model, optimizer, batch, 5)
+    checkpoint = copy.deepcopy([monitor.state_dict(), model.state_dict(), optimizer.state_dict()])
+    train(monitor, model, optimizer, batch, 7)  # to step 12, then back to step 5 (a loss spike rollback, say)
+    monitor.load_state_dict(checkpoint[0])
+    model.load_state_dict(checkpoint[1])
+    optimizer.load_state_dict(checkpoint[2])
+    train(monitor, model, optimizer, batch, 10)  # steps 6-15
+    monitor.close()
+    assert monitor.step_count == 15
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == list(range(1, 16))
+    assert [e["step"] for e in read_jsonl(tmp_path / "events.jsonl")] == [5, 10, 15]
+
+
+def test_an_unreadable_meta_or_line_is_set_aside_and_the_run_resumes(tmp_path):
+    logger = JsonlLogger(tmp_path)
+    logger.start({"step": 0, "note": "first"})
+    for step in (1, 2, 3):
+        logger.log({"loss": 1.0 / step}, step)
+    logger.close()
+    (tmp_path / "meta.json").write_text('{"edgewatch": "0.1", "mo')  # a disk that filled up mid-write
+    with open(tmp_path / "metrics.jsonl", "a") as file:
+        file.write('{"step": 4, "lo\n')  # ... and a line cut short, then a newline
+    logger = JsonlLogger(tmp_path)
+    with pytest.warns(UserWarning, match="moved to meta.json.unreadable"):
+        logger.start({"step": 3, "note": "resumed"})
+    logger.log({"loss": 0.1}, 3)  # already written: dropped
+    logger.log({"loss": 0.2}, 4)
+    logger.close()
+    assert (tmp_path / "meta.json.unreadable").read_text().startswith('{"edgewatch"')
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["resumes"][0]["note"] == "resumed" and meta["resumes"][0]["step"] == 3
+    with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
+        records = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    assert [(m["step"], m["loss"]) for m in records] == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.2)]
+
+
+def test_the_meta_never_stops_a_run(tmp_path, monkeypatch):
+    def broken_stability(optimizer):
+        raise RuntimeError("an optimizer with a surprising state")
+
+    monkeypatch.setattr("edgewatch.hooks.meta.stability", broken_stability)
+    model, optimizer, batch = tiny()
+    with ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path) as monitor:
+        train(monitor, model, optimizer, batch, 2)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["optimizer"]["stability"] == {"error": "RuntimeError: an optimizer with a surprising state"}
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
 def test_a_torn_last_line_is_cut_and_the_run_goes_on(tmp_path):
@@ -248,7 +317,7 @@ def test_run_dir_choices(tmp_path, monkeypatch, capsys):
     assert (monitor.run_dir / "metrics.jsonl").exists()
     monitor.close()
 
-    off = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=False, loggers=["stdout"])
+    off = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=False, loggers="stdout")
     off.step(torch.tensor(0.25))
     assert off.run_dir is None and "[edgewatch] step 1  loss 0.25" in capsys.readouterr().out
 
