@@ -7,13 +7,15 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import nn, optim
 
 from edgewatch.hooks.events import Event
 from edgewatch.hooks.monitor import Monitor, check_stop_on
 from edgewatch.loggers import JsonlLogger
 
-__all__ = ["Adapter"]
+__all__ = ["Adapter", "any_rank"]
 
 
 class Adapter:
@@ -30,15 +32,22 @@ class Adapter:
         self._warned_steps = False
 
     def _start(self, model: nn.Module, optimizer: optim.Optimizer, loss_fn, probe, *, step: int,
-               run_dir: str | os.PathLike, state: dict[str, Any] | None = None, grad_scaler=None) -> Monitor:
-        """Build and attach the Monitor at the trainer's ``step``, restoring ``state`` (a checkpoint's) first."""
+               run_dir: str | os.PathLike, main_process: bool = True, state: dict[str, Any] | None = None,
+               grad_scaler=None) -> Monitor:
+        """Build and attach the Monitor at the trainer's ``step``, restoring ``state`` (a checkpoint's) first.
+
+        Only the main process (global rank 0) logs: the other ranks measure and detect (their
+        events can stop training) but write nothing, so a run directory has one writer.
+        """
         if self.monitor is not None:  # a second fit()/train() with the same callback
             self.monitor.close()
         kwargs = dict(self.monitor_kwargs)
         kwargs["callbacks"] = [*kwargs.get("callbacks", ()), self._on_event]
         if grad_scaler is not None:
             kwargs.setdefault("grad_scaler", grad_scaler)
-        if "run_dir" not in kwargs and not _names_a_jsonl_logger(kwargs.get("loggers", ())):
+        if not main_process:
+            kwargs["loggers"], kwargs["run_dir"] = (), False
+        elif "run_dir" not in kwargs and not _names_a_jsonl_logger(kwargs.get("loggers", ())):
             kwargs["run_dir"] = run_dir
         self.monitor = Monitor(model, optimizer, loss_fn, probe, **kwargs)
         if state:
@@ -73,6 +82,18 @@ class Adapter:
         """Detach from the optimizer and close the loggers (the Monitor stays readable)."""
         if self.monitor is not None:
             self.monitor.close()
+
+
+def any_rank(flag: bool, device: torch.device | str) -> bool:
+    """True on every rank when ``flag`` is True on any (a MAX all-reduce); ``flag`` itself outside a process group.
+
+    One rank stopping alone would leave the others waiting in their next collective.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    decision = torch.tensor(float(flag), device=device)
+    dist.all_reduce(decision, op=dist.ReduceOp.MAX)
+    return bool(decision.item())
 
 
 def _names_a_jsonl_logger(loggers: Iterable[Any]) -> bool:

@@ -52,7 +52,7 @@ class EdgewatchCallback(Adapter, L.Callback):
         **monitor_kwargs: passed to :class:`~edgewatch.Monitor` (``curvature``, ``detectors``,
             ``callbacks``, ``loggers``, ...). ``run_dir`` defaults to ``<trainer.log_dir>/edgewatch``
             (``default_root_dir`` without a logger); a run resumed into the same directory appends
-            to it, without writing a step twice.
+            to it, without writing a step twice. Under DDP only global rank 0 logs.
 
     Attributes:
         monitor: the :class:`~edgewatch.Monitor`, built at train start.
@@ -77,7 +77,7 @@ class EdgewatchCallback(Adapter, L.Callback):
         run_dir = Path(trainer.log_dir or trainer.default_root_dir) / "edgewatch"
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._start(pl_module, trainer.optimizers[0], self.loss_fn, probe, step=trainer.global_step,
-                    run_dir=run_dir, state=self._restored, grad_scaler=scaler)
+                    run_dir=run_dir, main_process=trainer.is_global_zero, state=self._restored, grad_scaler=scaler)
         self._restored, self._losses = None, []
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:

@@ -38,7 +38,7 @@ import torch
 
 from edgewatch._optional import require
 from edgewatch.curvature._base import LossFn
-from edgewatch.integrations._adapter import Adapter
+from edgewatch.integrations._adapter import Adapter, any_rank
 
 transformers = require("transformers", "transformers", what="edgewatch.integrations.transformers")
 send_to_device = require("accelerate.utils", "transformers", what="edgewatch.integrations.transformers").send_to_device
@@ -66,7 +66,8 @@ class EdgewatchCallback(Adapter, transformers.TrainerCallback):
         stop_on: event kinds that stop training through ``control.should_training_stop``.
         **monitor_kwargs: passed to :class:`~edgewatch.Monitor` (``curvature``, ``detectors``,
             ``callbacks``, ``loggers``, ...). ``run_dir`` defaults to ``<args.output_dir>/edgewatch``;
-            a resumed run appends to it.
+            a resumed run appends to it. Under distributed training only the main process logs, and
+            a ``stop_on`` event on any rank stops every rank.
 
     Attributes:
         monitor: the :class:`~edgewatch.Monitor`, built at train start.
@@ -86,7 +87,8 @@ class EdgewatchCallback(Adapter, transformers.TrainerCallback):
         device = next(model.parameters()).device
         probe = [send_to_device(batch, device) for batch in self.probe]
         self._start(model, getattr(optimizer, "optimizer", optimizer), self.loss_fn, probe, step=state.global_step,
-                    run_dir=Path(args.output_dir) / "edgewatch", state=self._saved_state(args, state),
+                    run_dir=Path(args.output_dir) / "edgewatch", main_process=state.is_world_process_zero,
+                    state=self._saved_state(args, state),
                     grad_scaler=getattr(optimizer, "scaler", None))
         if self._hook is not None:
             self._hook.remove()
@@ -110,7 +112,10 @@ class EdgewatchCallback(Adapter, transformers.TrainerCallback):
         self._reading = True
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._step_end(state.global_step):
+        stop = self._step_end(state.global_step)
+        if self.stop_on:  # no collective unless an event can stop training
+            stop = any_rank(stop, args.device)
+        if stop:
             control.should_training_stop = True
         return control
 

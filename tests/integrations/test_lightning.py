@@ -126,7 +126,7 @@ def test_resuming_from_a_checkpoint_restores_the_monitor(tmp_path):
     second = callback(detectors=[At(10)])
     trainer, _ = fit(tmp_path, [second], ckpt_path=tmp_path / "ckpt" / "step=10.ckpt")
     assert trainer.global_step == second.monitor.step_count == 30
-    assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # restored, not re-raised
+    assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # from the checkpoint
     assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "metrics.jsonl")] == list(range(1, 31))
     assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "events.jsonl")] == [10]
 

@@ -94,7 +94,7 @@ def test_resuming_from_a_checkpoint_restores_the_monitor(tmp_path):
     second = callback(detectors=[At(10)])
     trainer = train(tmp_path, [second], resume=str(tmp_path / "checkpoint-10"))
     assert trainer.state.global_step == second.monitor.step_count == 30
-    assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # restored, not re-raised
+    assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # from the checkpoint
     assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "metrics.jsonl")] == list(range(1, 31))
     assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "events.jsonl")] == [10]
 
