@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgewatch._optional import MissingExtraError
-from edgewatch.cli.rundir import RunDirError
+from edgewatch.cli.rundir import RUN_FILES, RunDirError
 
 DESCRIPTION = """\
 Read the run directories edgewatch.Monitor writes (meta.json, metrics.jsonl, events.jsonl) and
@@ -93,9 +93,16 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.labels is not None and len(args.labels) != len(args.run_dirs):
         return _error("compare", f"got {len(args.labels)} labels for {len(args.run_dirs)} runs; pass one label per run")
+    run_dirs = args.run_dirs
+    if args.labels is None and len(run_dirs) > 1:
+        # `compare runs/*` also matches what other loggers keep under the runs root (runs/tensorboard, runs/mlruns)
+        strangers = [path for path in run_dirs if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in RUN_FILES)]
+        if len(strangers) < len(run_dirs):
+            _notes("compare", [f"skipped {path}: not a run directory" for path in strangers])
+            run_dirs = [path for path in run_dirs if path not in strangers]
     png, page = output_paths(args.out, Path("compare.png"))
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    rows = compare(args.run_dirs, out=png, labels=args.labels, progress=progress)
+    rows = compare(run_dirs, out=png, labels=args.labels, progress=progress)
     _notes("compare", [f"{row['label']}: {note}" for row in rows for note in row["notes"]])
     print(compare_text(rows))
     print(f"\nwrote {png}\nwrote {page}")

@@ -115,3 +115,15 @@ def test_compare_errors_exit_2(runs, tmp_path, capsys):
     assert main(["compare", str(runs[0]), str(runs[1]), "--labels", "only-one", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgewatch compare: error: got 1 labels for 2 runs") and err.count("\n") == 1
+
+
+def test_a_glob_over_the_runs_root_skips_what_other_loggers_keep_there(runs, tmp_path, capsys):
+    tensorboard = tmp_path / "tensorboard"  # `edgewatch compare runs/*` matches runs/tensorboard too
+    (tensorboard / "20261122-041500").mkdir(parents=True)
+    assert main(["compare", str(runs[0]), str(tensorboard), str(runs[1]), "--out", str(tmp_path / "g.png")]) == 0
+    captured = capsys.readouterr()
+    assert f"note: skipped {tensorboard}: not a run directory" in captured.err
+    assert [line.split()[0] for line in captured.out.splitlines()[2:4]] == ["sgd", "adam"]
+    # named explicitly with a label each, a stranger is still an error
+    assert main(["compare", str(runs[0]), str(tensorboard), "--labels", "a", "b", "--out", str(tmp_path)]) == 2
+    assert "is not an edgewatch run directory" in capsys.readouterr().err
