@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/digits_gd_sharpness.py
+	$(BIN)/python examples/warmup_normalization.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""Smoke test of the demo that `make demo` runs (a few steps instead of 1500)."""
+"""Smoke test of the shortest example, examples/digits_gd_sharpness.py (a few steps instead of 1500)."""
 
 from __future__ import annotations
 
