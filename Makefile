@@ -14,7 +14,7 @@ BIN   := $(VENV)/bin
 # One stamp per install recipe: changing TORCH_SPEC, PIP_ARGS or EXTRAS installs again.
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(TORCH_SPEC)' '$(PIP_ARGS)' '$(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench-perf setup clean
+.PHONY: demo test bench-perf bench-science setup clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,17 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/python examples/warmup_normalization.py
 
+# One intra-op thread unless told otherwise: the test models are tiny, and on 2 cores torch's
+# threads and the subprocesses some tests start only fight each other (measured: 78 s instead of about 200 s).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
 bench-perf: $(STAMP)
 	$(BIN)/python benchmarks/hvp_cost.py
+
+# The scientific reproductions, one after the other (about 15 minutes on 2 cores): benchmarks/RESULTS.md
+bench-science: $(STAMP)
+	$(BIN)/python benchmarks/science/run_all.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
