@@ -78,6 +78,26 @@ def test_catapult_is_a_spike_then_a_sharpness_drop():
     assert feed(CatapultDetector(), quiet) == []
 
 
+def test_catapult_from_initialization_is_a_climb_then_a_sharpness_drop():
+    """Lewkowycz et al. 2020: the loss grows a few-fold per step from step 1 (never 10x at once, and
+    before any spike window has filled), then falls as λ_1 drops below where it started."""
+    losses = [1.0, 1.8, 3.5, 6.0, 3.0, 1.0, 0.5, 0.4]
+    sharpness = [10.0, 12.0, 12.5, 11.0, 8.5, 5.0, 4.0, 4.0]
+    series = [{"loss": loss, "curvature/lambda_max": lam} for loss, lam in zip(losses, sharpness)]
+    events = feed(CatapultDetector(drop=0.2), series)
+    assert [(e.kind, e.step) for e in events] == [("catapult", 5)]  # λ_1 5.0 <= 0.8 x 10.0, λ_1 before the climb
+    assert events[0].values["lambda_before"] == 10.0 and events[0].values["spike_step"] == 2  # 3.5 >= 2 x 1.0
+    # noise: single rising steps, however large, and a slow two-step climb short of 2x, are no catapult
+    noisy = [{"loss": loss, "curvature/lambda_max": 10.0 / (1 + i)} for i, loss in
+             enumerate([1.0, 1.9, 1.0, 1.8, 0.9, 1.2, 1.6, 1.0, 1.7, 0.8])]
+    assert feed(CatapultDetector(), noisy) == []
+    # the loss climbs 6x but λ_1 never falls: divergence, not a catapult
+    diverging = [{"loss": 2.0 ** i, "curvature/lambda_max": 10.0 + i} for i in range(12)]
+    assert feed(CatapultDetector(), diverging) == []
+    with pytest.raises(ValueError, match="rise > 1"):
+        CatapultDetector(rise=1.0)
+
+
 def test_nonfinite_fires_once_per_episode():
     series = [{"loss": 1.0}, {"loss": math.inf}, {"loss": math.nan}, {"loss": 1.0, "grad/nonfinite_count": 3.0}, {"loss": 1.0}, {"loss": math.nan}]
     events = feed(NonFiniteDetector(), series)

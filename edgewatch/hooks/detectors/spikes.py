@@ -6,8 +6,11 @@ the largest value seen so far (default 10×). Spikes are kept out of the window,
 stays visible.
 
 In the catapult phase of large learning rates the loss first grows, then falls, while the
-sharpness drops until the step is stable again (Lewkowycz et al. 2020): a loss spike followed
-within a few hundred steps by a clear fall of λ_1.
+sharpness drops until the step is stable again (Lewkowycz et al. 2020): a loss spike, or a climb
+of the loss over consecutive steps to ``rise`` times where it started, followed within a few
+hundred steps by a clear fall of λ_1. The climb is what a catapult from initialization looks
+like: the loss grows ×1.5-3 per step from the first step on, never 10× at once, and is over
+before a spike detector's window has filled.
 
 References:
     Lewkowycz, Bahri, Dyer, Sohl-Dickstein, Gur-Ari 2020, The large learning rate phase of deep
@@ -113,29 +116,56 @@ class SpikeDetector(Detector):
 
 
 class CatapultDetector(Detector):
-    """``catapult``: a loss spike, then λ_1 falls by ``drop`` within ``within`` steps.
+    """``catapult``: a loss spike or climb, then λ_1 falls by ``drop`` within ``within`` steps.
 
     Args:
-        drop: relative fall of ``curvature/lambda_max`` below its last value before the spike.
-        within: steps after the spike in which the fall must be measured.
+        drop: relative fall of ``curvature/lambda_max`` below its value before the loss went up.
+        within: steps after the spike or climb in which the fall must be measured.
         spike: the loss-spike rule (a :class:`SpikeDetector` on ``loss``; its events are not
             re-raised here, the Monitor runs its own ``loss_spike`` detector).
+        rise: a climb counts once the loss, rising at every step, has reached ``rise`` times
+            its value before the climb.
+        climb_steps: the fewest consecutive rising steps a climb needs (one noisy step is not one).
     """
 
     kinds = ("catapult",)
 
-    def __init__(self, drop: float = 0.2, within: int = 200, spike: SpikeDetector | None = None) -> None:
+    def __init__(self, drop: float = 0.2, within: int = 200, spike: SpikeDetector | None = None, *,
+                 rise: float = 2.0, climb_steps: int = 2) -> None:
         if not 0 < drop < 1:
             raise ValueError(f"drop must be in (0, 1), got {drop}")
-        self.drop, self.within = drop, within
+        if not rise > 1 or climb_steps < 1:
+            raise ValueError(f"need rise > 1 and climb_steps >= 1, got {rise}, {climb_steps}")
+        self.drop, self.within, self.rise, self.climb_steps = drop, within, rise, climb_steps
         self.spike = spike if spike is not None else SpikeDetector("loss", "loss_spike")
         self._sharpness_before: float | None = None  # λ_1 at the last probe before now
         self._pending: tuple[int, float] | None = None  # (spike step, λ_1 before it)
+        self._last_loss: float | None = None
+        self._climb: tuple[float, int, float | None] | None = None  # (loss before it, rising steps, λ_1 before it)
+
+    def _climbed(self, metrics: Mapping[str, float]) -> float | None:
+        """λ_1 from before the climb, once the loss has climbed ``rise``×; None otherwise."""
+        loss = metrics.get("loss")
+        if loss is None or not math.isfinite(loss):
+            return None
+        loss, last = float(loss), self._last_loss
+        self._last_loss = loss
+        if last is None or loss <= last:
+            self._climb = None
+            return None
+        start, rising, sharpness = self._climb or (last, 0, self._sharpness_before)
+        self._climb = (start, rising + 1, sharpness)
+        return sharpness if rising + 1 >= self.climb_steps and start > 0 and loss >= self.rise * start else None
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
         events = []
-        if self.spike.update(metrics, step) and self._sharpness_before is not None and self._pending is None:
-            self._pending = (step, self._sharpness_before)
+        spiked = bool(self.spike.update(metrics, step))
+        climbed = self._climbed(metrics)
+        if self._pending is None:
+            if spiked and self._sharpness_before is not None:
+                self._pending = (step, self._sharpness_before)
+            elif climbed is not None:
+                self._pending = (step, climbed)
         sharpness = metrics.get("curvature/lambda_max")
         if sharpness is not None and math.isfinite(sharpness):
             if self._pending is not None:
@@ -145,7 +175,7 @@ class CatapultDetector(Detector):
                 elif sharpness <= (1 - self.drop) * before:
                     events.append(Event(
                         step, "catapult", "info",
-                        f"loss spiked at step {spike_step}, then λ_1 fell from {before:.4g} to "
+                        f"loss went up at step {spike_step}, then λ_1 fell from {before:.4g} to "
                         f"{sharpness:.4g}: a catapult to a flatter region",
                         {"lambda_before": before, "lambda_after": float(sharpness), "spike_step": float(spike_step)},
                     ))
@@ -154,10 +184,13 @@ class CatapultDetector(Detector):
         return events
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spike": self.spike.state_dict(), "sharpness_before": self._sharpness_before, "pending": self._pending}
+        return {"spike": self.spike.state_dict(), "sharpness_before": self._sharpness_before, "pending": self._pending,
+                "last_loss": self._last_loss, "climb": self._climb}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.spike.load_state_dict(state.get("spike", {}))
         self._sharpness_before = state.get("sharpness_before")
-        pending = state.get("pending")
+        pending, climb = state.get("pending"), state.get("climb")
         self._pending = tuple(pending) if pending is not None else None
+        self._last_loss = state.get("last_loss")
+        self._climb = tuple(climb) if climb is not None else None
