@@ -94,6 +94,9 @@ def test_catapult_from_initialization_is_a_climb_then_a_sharpness_drop():
     # the loss climbs 6x but λ_1 never falls: divergence, not a catapult
     diverging = [{"loss": 2.0 ** i, "curvature/lambda_max": 10.0 + i} for i in range(12)]
     assert feed(CatapultDetector(), diverging) == []
+    # a climb that goes on after λ_1 has fallen is one catapult, not one per step
+    long_climb = [{"loss": 2.0 ** i, "curvature/lambda_max": 10.0 - i} for i in range(8)]
+    assert [e.step for e in feed(CatapultDetector(), long_climb)] == [2]  # 8.0 <= 0.8 x 10.0 (λ_1 at the start)
     with pytest.raises(ValueError, match="rise > 1"):
         CatapultDetector(rise=1.0)
 

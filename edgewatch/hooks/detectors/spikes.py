@@ -144,18 +144,27 @@ class CatapultDetector(Detector):
         self._climb: tuple[float, int, float | None] | None = None  # (loss before it, rising steps, λ_1 before it)
 
     def _climbed(self, metrics: Mapping[str, float]) -> float | None:
-        """λ_1 from before the climb, once the loss has climbed ``rise``×; None otherwise."""
+        """λ_1 from before the climb, the first time the loss has climbed ``rise``×; None otherwise.
+
+        One climb counts once however long it goes on; a fall of the loss (or a non-finite one)
+        ends it.
+        """
         loss = metrics.get("loss")
-        if loss is None or not math.isfinite(loss):
+        if loss is None:
             return None
-        loss, last = float(loss), self._last_loss
-        self._last_loss = loss
-        if last is None or loss <= last:
+        last = self._last_loss
+        self._last_loss = float(loss) if math.isfinite(loss) else None
+        if last is None or self._last_loss is None or loss <= last:
             self._climb = None
             return None
         start, rising, sharpness = self._climb or (last, 0, self._sharpness_before)
+        if sharpness is None:  # λ_1 unknown before the climb: nothing to measure a fall against
+            sharpness = self._sharpness_before
+        counted = rising >= self.climb_steps and start > 0 and last >= self.rise * start  # counted at the last step
         self._climb = (start, rising + 1, sharpness)
-        return sharpness if rising + 1 >= self.climb_steps and start > 0 and loss >= self.rise * start else None
+        if counted or rising + 1 < self.climb_steps or not start > 0 or loss < self.rise * start:
+            return None
+        return sharpness
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
         events = []
