@@ -10,6 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS     ?= all
 PIP_ARGS   ?=
 
+# The curvature tools bench-perf compares with, pinned, installed without their dependencies:
+# curvlinops pulls backpack, which pulls torchvision and with it another torch (DESIGN.md section 8).
+PEERS ?= pyhessian==0.1 hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 \
+         einops==0.8.2 opt_einsum==3.4.0 einconv==0.1.0 unfoldNd==0.2.3 linear_operator==0.6.1 tqdm
+
 BIN   := $(VENV)/bin
 # One stamp per install recipe: changing TORCH_SPEC, PIP_ARGS or EXTRAS installs again.
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(TORCH_SPEC)' '$(PIP_ARGS)' '$(EXTRAS)' | cksum | cut -d' ' -f1)
@@ -22,6 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(strip $(TORCH_SPEC)),$(BIN)/python -m pip install --quiet $(PIP_ARGS) "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-deps $(PEERS)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,8 +38,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
+# The peers side by side, HVP costs, warm starts and the Monitor's overhead (under 10 minutes): benchmarks/PERFORMANCE.md
 bench-perf: $(STAMP)
-	$(BIN)/python benchmarks/hvp_cost.py
+	$(BIN)/python benchmarks/perf/run_all.py
 
 # The scientific reproductions, one after the other (about 15 minutes on 2 cores): benchmarks/RESULTS.md
 bench-science: $(STAMP)

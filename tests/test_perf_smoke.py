@@ -1,0 +1,30 @@
+"""Quick smoke run of the performance benchmarks (the real run is `make bench-perf`, results in benchmarks/PERFORMANCE.md).
+
+Both scripts run their whole code path on tiny workloads: the peers that are installed (make test
+installs them all), HVP costs, warm starts and the Monitor's overhead. The numbers are not checked
+here, only that each script ran, printed its tables and wrote its JSON, and that a smoke run leaves
+PERFORMANCE.md alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+PERFORMANCE_MD = ROOT / "benchmarks" / "PERFORMANCE.md"
+
+
+def test_perf_benchmarks_smoke_run(tmp_path):
+    before = PERFORMANCE_MD.stat().st_mtime_ns if PERFORMANCE_MD.exists() else None
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf" / "run_all.py"), "--smoke", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("peers", "costs"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["benchmark"] == name and data["smoke"] is True and data["results"]
+        assert f"== {name}: " in result.stdout
+    assert "edgewatch" in result.stdout and "Monitor overhead" in result.stdout
+    assert (PERFORMANCE_MD.stat().st_mtime_ns if PERFORMANCE_MD.exists() else None) == before
