@@ -255,8 +255,6 @@ def figure(settings: tuple[Setting, ...], runs: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -283,8 +283,6 @@ def summary(setting: Setting, result: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-
-
 def _last(values: list[float]) -> float:
     return values[-1] if values else math.nan
 

@@ -182,8 +182,6 @@ def phase_findings(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
-
-
 def detector_finding(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The Monitor's ``catapult`` detector (a loss spike or climb, then λ_1 down 20%) fires in the catapult runs only."""
     fired = {s["eta_lambda0"]: bool(s["catapult_events"]) for s in summaries.values()}

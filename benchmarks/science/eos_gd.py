@@ -135,8 +135,6 @@ SETTINGS = (
 )
 
 
-
-
 def build(setting: Setting, seed: int) -> nn.Module:
     if setting.arch == "mlp":
         return mlp(setting.activation, setting.widths, seed=seed)
@@ -279,8 +277,6 @@ def draw(runs: dict[str, dict[str, Any]], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,8 +80,6 @@ MIN_PROBES = 5
 EVERY, SMOKE_STEPS = 10, 12
 
 
-
-
 def edge_phase(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """The per-run criterion of the module docstring, from the Monitor's metrics."""
     probe = sharpening(metrics, REACHED)
@@ -186,8 +184,6 @@ def draw(runs: dict[str, dict[str, Any]], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
