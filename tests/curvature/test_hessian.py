@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import scipy.sparse.linalg
 import torch
@@ -211,6 +213,22 @@ def test_auto_picks_a_correct_method_and_remembers_it(monkeypatch):
     # Another model (even of the same architecture) is measured on its own: its forward may differ.
     other = HessianOperator(cases.mlp(seed=5), cases.cross_entropy, probe, method="auto", dtype=torch.float64)
     assert other.method is None
+
+
+@pytest.mark.parametrize(("forward_cost", "expected"), [(0.9, "double_backward"), (0.8, "forward_over_reverse")])
+def test_auto_leaves_double_backward_only_for_a_clearly_faster_method(monkeypatch, forward_cost, expected):
+    """Timings on a busy machine are noisy: 10% faster is not reason enough to switch, 20% is."""
+    hessian_module._AUTO_CHOICES.clear()
+    op = HessianOperator(cases.mlp(), cases.cross_entropy, cases.digits_probe(), method="auto", reuse_graph=False)
+
+    def timed(fn, v, device, repeats=1):
+        return 1.0 if op._method == "double_backward" else forward_cost
+
+    monkeypatch.setattr(hessian_module, "_timed", timed)
+    clock = itertools.count()  # the first product, timed by two readings of the clock, costs 1.0 too
+    monkeypatch.setattr(hessian_module, "_now", lambda device: float(next(clock)))
+    op(torch.randn(op.shape[0]))
+    assert op.method == expected
 
 
 def test_auto_falls_back_when_forward_mode_fails():
