@@ -248,6 +248,21 @@ def sharpening(metrics: Sequence[dict[str, Any]], reached: float = 0.9) -> Sharp
                       reach, reach is not None and sharpness[0] < reached * threshold)
 
 
+def sharpness_series(metrics: Sequence[dict[str, Any]]) -> dict[str, list]:
+    """λ_1 and r at the curvature probes and the loss at every step: what a Cohen et al. figure draws."""
+    probe_steps, sharpness = series(metrics, "curvature/lambda_max")
+    loss_steps, losses = series(metrics, "loss")
+    return {"probe_steps": probe_steps, "lambda": rounded(sharpness),
+            "ratio": rounded(series(metrics, "curvature/stability_ratio")[1], 4),
+            "loss_steps": loss_steps, "loss": losses}
+
+
+def thin_loss(run: dict[str, Any], points: int = 300) -> None:
+    """Keep about ``points`` of ``run``'s loss series (rounded): the JSON stays small, the figure had them all."""
+    stride = max(1, len(run["loss_steps"]) // points)
+    run["loss_steps"], run["loss"] = run["loss_steps"][::stride], rounded(run["loss"][::stride])
+
+
 def series(metrics: Sequence[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one metric, where it was measured."""
     pairs = [(m["step"], m[name]) for m in metrics if name in m]

@@ -86,9 +86,10 @@ from common import (
     print_findings,
     random_labels,
     require_matplotlib,
-    rounded,
     sharpening,
     series,
+    sharpness_series,
+    thin_loss,
     watched_run,
     write_results,
 )
@@ -305,19 +306,14 @@ def main(argv: list[str] | None = None) -> int:
             findings.append(run_finding(setting, eta, analysis))
             if setting.loss == "ce" and not setting.control:
                 findings.append(late_drop_finding(setting, eta, analysis))
-            probe_steps, sharpness = series(result["metrics"], "curvature/lambda_max")
-            loss_steps, losses = series(result["metrics"], "loss")
             runs[key] = {"setting": setting.title, "eta": eta, "threshold": analysis["threshold"],
-                         "probe_steps": probe_steps, "lambda": rounded(sharpness),
-                         "ratio": rounded(series(result["metrics"], "curvature/stability_ratio")[1], 4),
-                         "loss_steps": loss_steps, "loss": losses,
+                         **sharpness_series(result["metrics"]),
                          "stopped": result["stopped"], "seconds": round(result["seconds"], 1)}
         if len(setting.runs) > 1:
             findings.append(plateau_finding(setting, analyses))
     draw(runs, args.out / f"{NAME}.png")
-    for run in runs.values():  # the JSON keeps every few steps of the loss; the figure had them all
-        stride = max(1, len(run["loss_steps"]) // 300)
-        run["loss_steps"], run["loss"] = run["loss_steps"][::stride], rounded(run["loss"][::stride])
+    for run in runs.values():
+        thin_loss(run)
     seconds = time.perf_counter() - start
     notes = ("Curvature on the full training batch (the Hessian GD sees), Lanczos tol 1e-3, every 20 steps and at "
              "steps 1, 3, 10. Cross-entropy runs use 30% random labels (fixed): on clean digits the loss vanishes "

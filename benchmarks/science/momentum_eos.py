@@ -57,9 +57,10 @@ from common import (
     print_findings,
     random_labels,
     require_matplotlib,
-    rounded,
     sharpening,
     series,
+    sharpness_series,
+    thin_loss,
     watched_run,
     write_results,
 )
@@ -207,19 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         findings.append(run_finding(eta, noise, analysis))
         if noise:
             analyses.append((eta, analysis))
-        probe_steps, sharpness = series(result["metrics"], "curvature/lambda_max")
-        loss_steps, losses = series(result["metrics"], "loss")
-        runs[key] = {"eta": eta, "noise": noise, "threshold": analysis["threshold"], "probe_steps": probe_steps,
-                     "lambda": rounded(sharpness),
-                     "ratio": rounded(series(result["metrics"], "curvature/stability_ratio")[1], 4),
-                     "loss_steps": loss_steps, "loss": losses, "stopped": result["stopped"],
-                     "seconds": round(result["seconds"], 1)}
+        runs[key] = {"eta": eta, "noise": noise, "threshold": analysis["threshold"], **sharpness_series(result["metrics"]),
+                     "stopped": result["stopped"], "seconds": round(result["seconds"], 1)}
     findings.append(plateau_finding(analyses))
     findings.append(threshold_finding(analyses))
     draw(runs, args.out / f"{NAME}.png")
-    for run in runs.values():  # the JSON keeps every few steps of the loss; the figure had them all
-        stride = max(1, len(run["loss_steps"]) // 300)
-        run["loss_steps"], run["loss"] = run["loss_steps"][::stride], rounded(run["loss"][::stride])
+    for run in runs.values():
+        thin_loss(run)
     seconds = time.perf_counter() - start
     notes = ("Curvature on the full training batch, Lanczos tol 1e-3, every 10 steps and at steps 1, 3, 10. 30% of the "
              "labels random (fixed) in the three main runs; the clean-label run is the contrast. Loss series subsampled.")
