@@ -154,30 +154,69 @@ class LanczosProcess:
         theta, s = np.linalg.eigh(self.projected)
         return theta, s, self._residual_norms(s)
 
+    def steer(self, s: np.ndarray, bars: np.ndarray) -> bool:
+        r"""Continue along the residual of the pair among ``s`` (columns) furthest from its tolerance.
+
+        Without restarts every Ritz residual lies along the pending basis vector, and the next
+        Lanczos step is the step that reduces it. After a restart (verification, breakdown) part of
+        a residual lies in the directions set aside, which further steps from the new direction
+        never reduce: the pairs found before the restart stall. When less than 90% of the worst
+        pair's squared residual (scaled by ``bars``, its tolerance) is along the pending vector,
+        the pending vector is set aside in turn and the process continues along that pair's whole
+        residual :math:`Hy - θy`, which expands the space the way a Lanczos step from y would
+        (Davidson's expansion without preconditioner). Returns whether it switched.
+        """
+        if self._beta == 0:  # the pending direction is fresh from a restart: try it first
+            return False
+        terms = self._residual_terms(s)
+        if terms is None or terms[0][0] is not None:
+            return False
+        _, weights, directions, gram = terms
+        squares = np.maximum(np.einsum("pi,pq,qi->i", weights, gram, weights), 0.0)
+        worst = int(np.argmax(squares / np.maximum(bars, 1e-300) ** 2))
+        pending = weights[0, worst] ** 2 * gram[0, 0]
+        if pending >= 0.9 * squares[worst]:
+            return False
+        residual = torch.as_tensor(weights[:, worst], dtype=directions.dtype, device=directions.device) @ directions
+        self._restart_from(self._size - 1, self._beta * self._basis[self._size], direction=residual)
+        return True
+
     def _residual_norms(self, s: np.ndarray) -> np.ndarray:
+        terms = self._residual_terms(s)
+        if terms is None:
+            return np.zeros(s.shape[1])
+        _, a, _, gram = terms
+        return np.sqrt(np.maximum(np.einsum("pi,pq,qi->i", a, gram, a), 0.0))
+
+    def _residual_terms(self, s: np.ndarray) -> tuple[list[int | None], np.ndarray, Tensor, np.ndarray] | None:
+        """residual_i = Σ_l a[l, i] u_l: the sources of the u_l (None: the pending basis vector,
+        else an index into the set-aside list), a (p, k), the u_l (p, n) and their Gram matrix."""
         m = self._size
-        directions, weights = [], []  # residual_i = Σ_l weights[l][i] · directions[l]
+        sources: list[int | None] = []
+        directions, weights = [], []
         if self._beta > 0 and m < self.dimension:
+            sources.append(None)
             directions.append(self._basis[m])
             weights.append(self._beta * s[m - 1])
         if self._set_aside:
             basis = self.basis
-            for j, w in self._set_aside:
+            for index, (j, w) in enumerate(self._set_aside):
+                sources.append(index)
                 directions.append(project_out(w, basis))
                 weights.append(s[j])
         if not directions:
-            return np.zeros(s.shape[1])
+            return None
         u = torch.stack(directions)  # (p, n)
         gram = (u @ u.T).cpu().double().numpy()  # (p, p)
-        a = np.stack(weights)  # (p, k)
-        return np.sqrt(np.maximum(np.einsum("pi,pq,qi->i", a, gram, a), 0.0))
+        return sources, np.stack(weights), u, gram
 
-    def _restart_from(self, j: int, set_aside: Tensor | None) -> None:
+    def _restart_from(self, j: int, set_aside: Tensor | None, direction: Tensor | None = None) -> None:
         if set_aside is not None:
             self._set_aside.append((j, set_aside))
         basis = self._basis[: j + 1]
-        w = torch.randn(self.dimension, generator=self.generator, dtype=self.op.dtype, device=self.op.device)
-        w = project_out(w, basis)
+        if direction is None:
+            direction = torch.randn(self.dimension, generator=self.generator, dtype=self.op.dtype, device=self.op.device)
+        w = project_out(direction, basis)
         self._basis[j + 1] = w / torch.linalg.vector_norm(w)
         self._beta = 0.0
 

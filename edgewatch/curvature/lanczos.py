@@ -84,8 +84,11 @@ def lanczos(
     eigenvalues outside an invariant subspace the start vector happened to span, are invisible
     to it. Whenever that can matter (k > 1, a warm start, or a breakdown) a converged answer is
     verified: the process continues from a random direction orthogonal to everything seen (for
-    k > 1 until that direction's own extreme Ritz pair has converged to 1%, otherwise for three
-    steps), and the answer stands only if this does not change it. Those few steps
+    k > 1 until that direction's own extreme Ritz pair has converged to 1% or for 3 max(3, k)
+    steps, otherwise for three steps), and the answer stands only if this does not change it.
+    Pairs that lost their convergence to the new directions continue along the direction set
+    aside at the restart (:meth:`~edgewatch.curvature._krylov.LanczosProcess.steer`), so a
+    verification costs only its own steps. Those few steps
     cannot rule out everything: a warm start almost orthogonal to a new top eigenvector (after
     two eigenvalues cross) can still lock onto the old one. Cold-start now and then when that
     matters.
@@ -128,6 +131,7 @@ def lanczos(
     eps = float(torch.finfo(op.dtype).eps)
     verify_steps = min(max(3, k), 10)
     verifying_from, before = None, None  # first basis index of a running verification
+    verified = False  # a verification found nothing new: the complement was looked at already
     while True:
         process.step()
         if process.nonfinite:
@@ -146,14 +150,20 @@ def lanczos(
         converged = False
         if verifying_from is not None:
             changed = bool(np.any(np.abs(theta[chosen] - before) > bar))
-            settled = process.size >= verifying_from + verify_steps and (
-                k == 1 or _newest_settled(theta, s, all_residuals, verifying_from, which, tol, floor, before[-1])
+            looked = process.size - verifying_from
+            # Inside a tight cluster at θ_k the block's own extreme pair can take as long to
+            # settle as the whole solve; by 3x the minimum it has shown what it would change.
+            settled = looked >= verify_steps and (
+                k == 1
+                or looked >= 3 * verify_steps
+                or _newest_settled(theta, s, all_residuals, verifying_from, which, tol, floor, before[-1])
             )
             if changed or settled or process.exhausted:
                 verifying_from = None
+                verified = verified or not changed
                 converged = met and (process.exhausted or not changed)  # a full basis is exact
         elif met:
-            if process.exhausted or not _needs_verification(k, v0, process):
+            if process.exhausted or verified or not _needs_verification(k, v0, process):
                 converged = True
             elif process.restart():
                 before, verifying_from = theta[chosen], process.size
@@ -161,6 +171,10 @@ def lanczos(
                 converged = True
         if converged or out_of_budget:
             break
+        if verifying_from is None and not met:
+            # The pairs still short of tol may owe their residual to a direction set aside at a
+            # restart, which the Krylov space of the new direction would never reduce.
+            process.steer(s[:, chosen], bar)
 
     ritz = torch.as_tensor(s[:, chosen], dtype=op.dtype, device=op.device)  # (m, k)
     eigenvectors = process.basis.T @ ritz  # (n, k)
