@@ -37,7 +37,7 @@ from edgewatch.hooks.detectors import (
 from edgewatch.hooks.events import KINDS, Detector, Event
 from edgewatch.hooks.meta import run_meta
 from edgewatch.hooks.probes.curvature import CurvatureProbe
-from edgewatch.hooks.probes.grads import GradientRecorder, adam_epsilon_fraction, parameter_and_update_norms
+from edgewatch.hooks.probes.grads import GradientRecorder, HostReduction, adam_epsilon_fraction, parameter_and_update_norms
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.loggers import JsonlLogger, Logger, MultiLogger, make_logger
 
@@ -247,6 +247,8 @@ class Monitor:
             if "loss" not in metrics and "curvature/probe_loss" in metrics:
                 metrics["loss"] = metrics["curvature/probe_loss"]
         self._loss = None
+        if self._recorder is not None:  # gradients are read only for steps that measure them
+            self._recorder.armed = self.cheap(step + 1)
         if self._previous is not None and not self._hooks:  # explicit path: no pre-step hook
             self._snapshot()
         if not metrics:
@@ -261,15 +263,19 @@ class Monitor:
         return self.latest
 
     def _cheap_metrics(self) -> dict[str, Any]:
-        metrics: dict[str, Any] = dict(self._recorder.metrics()) if self._recorder is not None else {}
-        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
-            scale = float(self.grad_scaler.get_scale())  # the scale of this step's backward
-            metrics.update({k: v / scale for k, v in metrics.items() if k.startswith("grad/norm")})
+        metrics: dict[str, Any] = {}
+        if self._recorder is not None:
+            scale = 1.0
+            if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+                scale = float(self.grad_scaler.get_scale())  # the scale of this step's backward
+            gradients = self._recorder.reduction(scale)
+            if gradients is not None:
+                metrics["grad/*"] = gradients
         if self._loss is not None:
             metrics["loss"] = self._loss
         for index, group in enumerate(self.optimizer.param_groups):
             metrics["lr" if index == 0 else f"lr/group_{index}"] = float(group["lr"])
-        metrics.update(parameter_and_update_norms(self._params, self._previous))
+        metrics["param/*"] = parameter_and_update_norms(self._params, self._previous)
         fraction = adam_epsilon_fraction(self.optimizer)
         if fraction is not None:
             metrics["adam/epsilon_fraction"] = fraction
@@ -321,14 +327,28 @@ class Monitor:
 
 
 def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
-    """Every metric as a Python float, with one device-to-host transfer for all tensors."""
-    names = [name for name, value in metrics.items() if isinstance(value, Tensor)]
-    host = {name: float(value) for name, value in metrics.items() if not isinstance(value, Tensor)}
-    if names:
-        device = metrics[names[0]].device
+    """Every metric as a Python float, with one device-to-host transfer for all tensors; a
+    :class:`~edgewatch.hooks.probes.grads.HostReduction` is finished into its metrics on the host."""
+    host: dict[str, float] = {}
+    names, reductions = [], []
+    for name, value in metrics.items():
+        if isinstance(value, HostReduction):
+            reductions.append(value)
+        elif isinstance(value, Tensor):
+            names.append(name)
+        else:
+            host[name] = float(value)
+    if names or reductions:
+        device = (metrics[names[0]] if names else reductions[0].values).device
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        values = torch.stack([metrics[name].detach().reshape(()).to(device, dtype) for name in names])
-        host.update(zip(names, values.cpu().tolist()))
+        pieces = [metrics[name].detach().reshape(1) for name in names] + [r.values.detach().reshape(-1) for r in reductions]
+        values = torch.cat([piece.to(device, dtype) for piece in pieces]).cpu().tolist()
+        host.update(zip(names, values))
+        offset = len(names)
+        for reduction in reductions:
+            size = reduction.values.numel()
+            host.update(reduction.finish(values[offset:offset + size]))
+            offset += size
     return host
 
 

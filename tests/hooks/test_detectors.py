@@ -102,7 +102,7 @@ def test_catapult_from_initialization_is_a_climb_then_a_sharpness_drop():
 
 
 def test_nonfinite_fires_once_per_episode():
-    series = [{"loss": 1.0}, {"loss": math.inf}, {"loss": math.nan}, {"loss": 1.0, "grad/nonfinite_count": 3.0}, {"loss": 1.0}, {"loss": math.nan}]
+    series = [{"loss": 1.0}, {"loss": math.inf}, {"loss": math.nan}, {"loss": 1.0, "grad/nonfinite_params": 3.0}, {"loss": 1.0}, {"loss": math.nan}]
     events = feed(NonFiniteDetector(), series)
     assert [e.step for e in events] == [1, 5]
     assert all(e.severity == "critical" for e in events)

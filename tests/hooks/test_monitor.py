@@ -93,7 +93,7 @@ def test_metrics_of_a_watched_run():
     _, _, _, monitor, _ = train(transformer_adamw, steps=20, watch=True)
     latest = monitor.latest  # step 20: cheap metrics and a curvature probe
     for name in ("loss", "lr", "grad/norm", "param/norm", "update/norm", "update/ratio", "adam/epsilon_fraction",
-                 "grad/nonfinite_count", "curvature/lambda_max", "curvature/lambda_2", "curvature/precond_lambda_max",
+                 "grad/nonfinite_params", "curvature/lambda_max", "curvature/lambda_2", "curvature/precond_lambda_max",
                  "curvature/threshold", "curvature/stability_ratio", "curvature/directional_sharpness",
                  "curvature/gradient_overlap", "curvature/lambda_max_residual", "curvature/hvps"):
         assert name in latest and math.isfinite(latest[name]), name

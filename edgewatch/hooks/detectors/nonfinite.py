@@ -10,11 +10,11 @@ from edgewatch.hooks.events import Detector, Event
 
 __all__ = ["NonFiniteDetector"]
 
-NONFINITE_GRADIENTS = "grad/nonfinite_count"
+NONFINITE_GRADIENTS = "grad/nonfinite_params"
 
 
 class NonFiniteDetector(Detector):
-    """``nonfinite`` (critical): some metric is NaN/inf, or ``grad/nonfinite_count`` > 0.
+    """``nonfinite`` (critical): some metric is NaN/inf, or ``grad/nonfinite_params`` > 0.
 
     Fires at the first such step and again only after a step where everything was finite, so a
     diverged run reports once rather than every step.

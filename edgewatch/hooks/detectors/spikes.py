@@ -79,8 +79,8 @@ class SpikeDetector(Detector):
                 f"{self.metric} = {value:.4g} is over {self.factor:g}× its largest value so far ({self._running_max:.4g})",
                 {self.metric: value, "running_max": self._running_max},
             ))
-        elif len(self._window) >= self.min_history:
-            mean = sum(self._window) / len(self._window)
+        elif len(self._window) >= self.min_history and value > (mean := sum(self._window) / len(self._window)):
+            # The spread only for values above the mean: it is the costly part, every step.
             std = math.sqrt(sum((x - mean) ** 2 for x in self._window) / (len(self._window) - 1))
             if std > 0 and value > mean + self.sigmas * std:
                 events.append(Event(

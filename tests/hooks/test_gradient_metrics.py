@@ -1,0 +1,153 @@
+"""The cheap gradient and parameter metrics against norms computed directly from the tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgewatch.hooks.probes.grads import GradientRecorder, parameter_and_update_norms
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Sequential(nn.Linear(8, 3)))
+
+
+def _loss(model: nn.Module, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 6, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+    return F.cross_entropy(model(x), y)
+
+
+def _norm(tensors) -> float:
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
+
+
+def test_norms_total_per_module_and_after_accumulation():
+    model = _model()
+    recorder = GradientRecorder(model)
+    _loss(model, 0).backward()
+    _loss(model, 1).backward()  # gradient accumulation: the second pass holds the sum
+    metrics = recorder.metrics()
+    assert metrics["grad/norm"] == pytest.approx(_norm(p.grad for p in model.parameters()), rel=1e-6)
+    assert metrics["grad/norm/0"] == pytest.approx(_norm([model[0].weight.grad, model[0].bias.grad]), rel=1e-6)
+    assert metrics["grad/norm/2.0"] == pytest.approx(_norm([model[2][0].weight.grad, model[2][0].bias.grad]), rel=1e-6)
+    assert metrics["grad/nonfinite_params"] == 0.0
+    assert recorder.metrics() == {}  # nothing new since
+
+
+def test_read_before_clipping_in_place():
+    model = _model()
+    recorder = GradientRecorder(model)
+    _loss(model, 0).backward()
+    raw = _norm(p.grad for p in model.parameters())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), raw / 10)
+    assert recorder.metrics()["grad/norm"] == pytest.approx(raw, rel=1e-6)
+
+
+def test_a_loss_scale_is_divided_out():
+    model = _model()
+    recorder = GradientRecorder(model)
+    (_loss(model, 0) * 1024).backward()
+    reduction = recorder.reduction(scale=1024.0)
+    metrics = reduction.finish(reduction.values.tolist())
+    assert metrics["grad/norm"] == pytest.approx(_norm(p.grad for p in model.parameters()) / 1024, rel=1e-6)
+
+
+def test_nonfinite_gradients_are_counted_per_parameter_tensor():
+    model = _model()
+    recorder = GradientRecorder(model)
+    (_loss(model, 0) + model[0].bias.sum() * math.inf + model[2][0].bias[0] * math.nan).backward()
+    metrics = recorder.metrics()
+    assert metrics["grad/nonfinite_params"] == 2.0
+    assert not math.isfinite(metrics["grad/norm"])
+
+
+def test_disarmed_and_removed_recorders_measure_nothing():
+    model = _model()
+    recorder = GradientRecorder(model)
+    recorder.armed = False
+    _loss(model, 0).backward()
+    assert recorder.metrics() == {}
+    recorder.armed = True
+    recorder.remove()
+    _loss(model, 1).backward()
+    assert recorder.metrics() == {}
+
+
+def test_only_watched_parameters_and_sparse_gradients():
+    embedding = nn.Embedding(10, 4, sparse=True)
+    model = nn.ModuleDict({"embedding": embedding, "head": nn.Linear(4, 2)})
+    recorder = GradientRecorder(model, [embedding.weight])
+    model["head"](embedding(torch.tensor([1, 3, 3]))).sum().backward()
+    metrics = recorder.metrics()
+    assert set(metrics) == {"grad/norm", "grad/nonfinite_params", "grad/norm/embedding"}
+    assert metrics["grad/norm"] == pytest.approx(float(embedding.weight.grad.to_dense().norm()), rel=1e-6)
+
+
+def test_a_backward_that_raises_does_not_stop_later_measurements():
+    model = _model()
+    recorder = GradientRecorder(model)
+
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("boom")
+
+    # the output layer's gradients accumulate (and note themselves) before the failure upstream
+    loss = F.cross_entropy(model[2](model[1](Boom.apply(model[0](torch.randn(4, 6))))), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(RuntimeError, match="boom"):
+        loss.backward()
+    recorder.metrics()
+    model.zero_grad()
+    _loss(model, 0).backward()
+    assert recorder.metrics()["grad/norm"] == pytest.approx(_norm(p.grad for p in model.parameters()), rel=1e-6)
+
+
+def test_parameter_and_update_norms_and_the_consumed_snapshot():
+    model = _model()
+    params = list(model.parameters())
+    previous = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 1e-3)
+    expected = _norm(p.detach() - q for p, q in zip(params, previous))
+    reduction = parameter_and_update_norms(params, previous)
+    metrics = reduction.finish(reduction.values.tolist())
+    assert metrics["update/norm"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["param/norm"] == pytest.approx(_norm(params), rel=1e-6)
+    assert metrics["update/ratio"] == pytest.approx(expected / _norm(params), rel=1e-5)
+    assert _norm(previous) == pytest.approx(expected, rel=1e-5)  # the snapshot now holds the update
+    reduction = parameter_and_update_norms(params, None)
+    assert set(reduction.finish(reduction.values.tolist())) == {"param/norm"}
+
+
+def test_the_monitor_reads_gradients_only_for_steps_it_measures(monkeypatch):
+    import edgewatch as ew
+
+    measured = []
+    original = GradientRecorder._measure
+    monkeypatch.setattr(GradientRecorder, "_measure", lambda self: (measured.append(True), original(self)))
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))]
+    monitor = ew.Monitor(model, optimizer, lambda m, b: F.cross_entropy(m(b[0]), b[1]), probe,
+                         every=4, curvature=1000, run_dir=False).attach()
+    norms = {}
+    for step in range(1, 13):
+        optimizer.zero_grad()
+        _loss(model, step).backward()
+        norms[step] = _norm(p.grad for p in model.parameters())
+        optimizer.step()
+        if step % 4 == 0:
+            assert monitor.latest["grad/norm"] == pytest.approx(norms[step], rel=1e-6)
+    assert len(measured) == 3 + 1  # steps 4, 8, 12, and step 1 (armed before the first step is known)
+    monitor.close()
