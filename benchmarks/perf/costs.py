@@ -29,8 +29,8 @@ Three parts, each printed as one table with ratios side by side and written to `
    curvature every 16 steps, (d) every step (8 steps: it costs ~100 steps per step); ``run_dir=False``
    elsewhere. Rounds interleave a, b, b+jsonl, c, d; the overhead is the median over rounds of the time
    ratio to (a) in the same round, so drift on the shared machine cancels. A missed target is
-   followed by an instrumented run (the Monitor's parts wrapped with timers, no profiler), cProfile of
-   (b) and (c), and the cheap metrics' tensor work measured against a ``torch._foreach_norm`` version.
+   followed by an instrumented run (the Monitor's parts wrapped with timers, no profiler) and cProfile
+   of (b) and (c).
 
 Fairness: one torch thread and one BLAS thread (threadpoolctl) for everything; the same model, batch
 and float32 for every method; warm-up before timing; medians; the load average and the CPU share
@@ -658,42 +658,6 @@ def breakdown(spec: Training, run_root: Path, smoke: bool) -> dict[str, Any]:
     return {"part": "breakdown", "training": spec.__dict__, "columns": columns}
 
 
-def foreach_alternative(spec: Training, smoke: bool) -> dict[str, Any]:
-    """The tensor work of the cheap metrics as edgewatch does it per parameter (what its gradient
-    hooks and ``parameter_and_update_norms`` compute) against one multi-tensor ``torch._foreach_norm``
-    (a non-finite count is needed only when the norm is non-finite). Medians in ms, one step's worth."""
-    w = build_workload(spec.workload, smoke)
-    w.loss_fn(w.model, minibatch(w, 0, smoke)).backward()
-    params = [p.detach() for p in w.model.parameters()]
-    grads = [p.grad for p in w.model.parameters()]
-    previous = [p.clone() for p in params]
-
-    def grad_norms_now() -> Any:  # edgewatch's GradientRecorder: two reductions per parameter
-        squares = [g.float().pow(2).sum() for g in grads]
-        nonfinite = [(~torch.isfinite(g)).sum() for g in grads]
-        return torch.stack(squares).sum().sqrt(), torch.stack(nonfinite).sum()
-
-    def grad_norms_foreach() -> Any:
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        return total, ~torch.isfinite(total)
-
-    def param_norms_now() -> Any:  # edgewatch's parameter_and_update_norms
-        norm = torch.stack([p.float().pow(2).sum() for p in params]).sum().sqrt()
-        update = torch.stack([(p - q).float().pow(2).sum() for p, q in zip(params, previous)]).sum().sqrt()
-        return norm, update
-
-    def param_norms_foreach() -> Any:
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)))
-        update = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(params, previous))))
-        return norm, update
-
-    medians = interleaved_medians({"grad_now": grad_norms_now, "grad_foreach": grad_norms_foreach,
-                                   "param_now": param_norms_now, "param_foreach": param_norms_foreach},
-                                  10 if smoke else 200)
-    return {"part": "foreach_alternative", "workload": w.name, "parameter_tensors": len(params),
-            "ms": {k: 1e3 * v for k, v in medians.items()}}
-
-
 def _cpu_seconds() -> float:
     """CPU time of this process and of its finished children (forked measurements, compilers)."""
     t = os.times()
@@ -856,16 +820,6 @@ def part_monitor(smoke: bool, run_root: Path) -> list[dict[str, Any]]:
               "hooks.\nIndented parts are inside the one above (inclusive times). "
               f"(c): {c['probes']} probes, {c['hvps']} HVPs ({c['hvps'] / max(c['probes'], 1):.1f} per probe; "
               f"auto's timing products not counted), method {AUTO_LABEL.get(c['method'], c['method'])}.")
-        alternative = foreach_alternative(spec, smoke)
-        results.append(alternative)
-        ms = alternative["ms"]
-        table(f"The cheap metrics' tensor work per step ({alternative['parameter_tensors']} parameter tensors), ms: "
-              "per parameter (edgewatch now) vs torch._foreach_norm",
-              ["metric", "now", "foreach", "now/foreach"],
-              [["grad norm + non-finite count", ms["grad_now"], ms["grad_foreach"], ms["grad_now"] / ms["grad_foreach"]],
-               ["param and update norms", ms["param_now"], ms["param_foreach"], ms["param_now"] / ms["param_foreach"]]],
-              "foreach: one multi-tensor kernel over all parameters; the non-finite count only when the norm is "
-              "non-finite.\nA sketch of a fix measured outside the Monitor (hook dispatch not included), not edgewatch code.")
         for variant, steps in (("cheap", spec.steps), ("curv/16", max(16, spec.steps // 2))):
             prof = profile_variant(spec, variant, steps, run_root, smoke)
             results.append(prof)
