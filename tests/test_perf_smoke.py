@@ -28,3 +28,22 @@ def test_perf_benchmarks_smoke_run(tmp_path):
         assert f"== {name}: " in result.stdout
     assert "edgewatch" in result.stdout and "Monitor overhead" in result.stdout
     assert (PERFORMANCE_MD.stat().st_mtime_ns if PERFORMANCE_MD.exists() else None) == before
+
+
+def test_markdown_is_rebuilt_from_the_recorded_output_with_the_current_docstrings(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
+    try:
+        import run_all
+    finally:
+        sys.path.pop(0)
+    record, markdown = tmp_path / "run_all.json", tmp_path / "PERFORMANCE.md"
+    monkeypatch.setattr(run_all, "RUN_RECORD", record)
+    monkeypatch.setattr(run_all, "PERFORMANCE_MD", markdown)
+    assert run_all.main(["--markdown"]) == 1 and not markdown.exists()  # nothing recorded yet
+    record.write_text(json.dumps({"machine": "a machine; commit abc1234, 2026-12-01",
+                                  "outputs": {"peers": "peers table | 1.0\n", "costs": "costs table\n"}}))
+    assert run_all.main(["--markdown"]) == 0
+    text = markdown.read_text()
+    assert "Machine: a machine; commit abc1234, 2026-12-01." in text
+    assert "```\npeers table | 1.0\n```" in text and "```\ncosts table\n```" in text
+    assert "Time to accuracy for the top Hessian eigenvalues" in text  # peers.py's docstring, as it is now

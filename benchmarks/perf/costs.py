@@ -42,28 +42,32 @@ ratios move less); memory-bound kernels slow down when the neighbour is busy.
 
 ``--smoke``: tiny workloads, 1-2 repeats, no compile, memory on the MLP only (~10 s; ``make test``).
 
-Final full run (232 s, 2026-12-01; smoke 7 s), the other core busy with peers.py part of the time:
+Final full run (245 s, 2026-12-01, commit ab0bc35, CPU share 1.00; smoke 7 s):
 
-* One HVP costs 1.33 / 1.75 / 2.02 / 1.95 gradients (MLP / CNN / transformer / large MLP) by double
-  backward reusing the graph, a solve's first product 2.6-3.1, a fresh graph 2.5-3.0, forward-over-
-  reverse 2.9-4.2; "auto" picks the reused graph 5/5 in a solve, but as a lone product it times a
-  fresh graph against forward-over-reverse, near parity on the CNN (picked forward-over-reverse 1/5,
-  which costs 1.65x there). Peak memory, in gradients' peaks: 2.1-3.7 (reused graph, 3 products),
-  1.7-3.4 (fresh), 2.6-4.9 (forward-over-reverse). torch.compile: the MLP's jvp(grad) 1.94x faster
-  than eager but still 1.34x the reused graph, 10 s to compile cold; the CNN's no faster (13 s). It
-  does not pay.
+* One HVP costs 1.40 / 1.74 / 1.95 / 1.94 gradients (MLP / CNN / transformer / large MLP) by double
+  backward reusing the graph, a solve's first product 2.55-2.94, a fresh graph 2.5-3.0, forward-over-
+  reverse 2.9-4.1; "auto" picked the reused graph in every trial (5/5, in a solve and alone). Peak
+  memory, in gradients' peaks: 2.9-3.9 (reused graph, 3 products), 2.2-3.3 (fresh), 2.9-4.9
+  (forward-over-reverse). torch.compile: the MLP's jvp(grad) 2.08x faster than eager but still 1.25x
+  the reused graph, after 17 s of compiling; the CNN's no faster (13 s). It does not pay.
 * Warm start, target warm/cold <= 1/3: missed everywhere (0.79-1.22). A cold solve needs only 8-26
-  HVPs (outlying top eigenvalues), a warm one costs 5-7 with nothing moved (1% noise + 3 verifying
-  HVPs), and after one step the top eigenvector turns (overlap 0.16-0.999; λ2/λ1 = 0.88-0.99 in all
-  but one case): without noise and verification it would still take 0.68-0.84 of cold.
-* Monitor overhead, CNN, 4.8 ms steps: (b) cheap metrics 21% (target 3%: missed; 1.0 ms/step, met
-  for steps >= 34 ms), JSONL logging +3.5 points, every=8 still 11%; (c) every 16 steps 294% (target
-  5%: missed; a probe = 211 ms = 44 training steps, every ~870 steps would cost 5%); (d) every step
-  5600%. Where (b) goes: gradient-norm hooks 0.46 ms (in backward), cheap metrics 0.31, to-host
-  0.06, detectors 0.06, θ snapshot 0.07; per-parameter norms cost 11x (gradients) and 1.65x
-  (parameters, updates) a torch._foreach_norm. Where (c) goes: Lanczos 187 ms per probe (10.7 HVPs
-  of the 128-example probe), directional sharpness 16.5 ms (1 HVP), loss and gradient 10 ms, auto's
-  one-off 99 ms.
+  HVPs, a warm one costs 5-7 with nothing moved (the floor: 1% noise, then 3 verifying HVPs), and
+  after one step the top eigenvector turns (overlap 0.16-0.999) within a cluster (λ2/λ1 = 0.88-0.99
+  in all but one case): without the noise and the verification it would still take 0.68-0.84 of
+  cold. A third of cold is 3-9 HVPs, at or below the floor.
+* Monitor overhead, CNN, 4.3 ms steps: (b) cheap metrics 7.2% (target 3%: missed; 0.31 ms/step,
+  which is 3% of a 10 ms step), every=8 1.6%, JSONL logging +1.8 points. Down from 21% (1.0 ms per
+  step) at commit b30b9d0: gradients are now read once per backward by one torch._foreach_norm, the
+  per-parameter norms reach the host in the step's one transfer and are summed there, and the update
+  is subtracted in place (commit 44c6681). What is left, per step: parameter and update norms with
+  the θ snapshot 0.14 ms (three passes over the 151k parameters), the host transfer 0.05, the
+  gradient norms at the end of backward 0.05-0.08, detectors 0.02.
+  (c) every 16 steps 333% (target 5%: missed, and out of reach at this probe size): one probe costs
+  222 ms = 52 training steps, of which Lanczos 192 ms (10.7 HVPs of the 128-example probe, each
+  1.74 gradients of a batch twice the minibatch, ~3.5 training steps), directional sharpness 16.5 ms
+  (1 HVP), loss and gradient 9 ms, and "auto"'s one-off measurement 172 ms. 5% of 16 steps is 0.8
+  training steps, less than one HVP on this probe: probes every ~1000 steps would cost 5%.
+  (d) every step 6000%.
 """
 
 from __future__ import annotations

@@ -50,36 +50,56 @@ MLP (run here on 512 of its rows, ~0.26 s per HVP) does top-1 only, without curv
 
 Fairness: one torch thread and one BLAS thread (threadpoolctl) for every tool; operator
 construction inside the timed call for every tool (PyHessian's constructor builds its gradient
-graph); the process CPU share of each timing is recorded (well below 1: the shared machine took
-the core away). Goals: edgewatch at most 1/3 of PyHessian's time and at most 1/1.5 of eigsh's
+graph); the process CPU share of each timing is recorded (1.0: the core was the tool's alone). Goals: edgewatch at most 1/3 of PyHessian's time and at most 1/1.5 of eigsh's
 (met when the peer does not reach the accuracy in its sweep). A missed goal is profiled
 (cProfile; and with method="double_backward" when "auto" chose otherwise).
 
     python benchmarks/perf/peers.py [--smoke] [--out DIR] [--only mlp,cnn] [--tools edgewatch,eigsh]
 
-Final full run (2026-12-01, AMD EPYC, 2 cores shared, 1 thread; truth cached; 297 s; first run
-without the cache ~280 s more). Seconds to the accuracy, cheapest setting per tool (- = not reached in
-its sweep: PyHessian's deflated power iteration converges to negative eigenvalues or stalls on the
-clustered top-5, and times out on the transformer and the large MLP):
+Final full run (2026-12-01, commit ab0bc35, AMD EPYC, 2 cores, the other core idle, 1 thread,
+CPU share 1.00; truth cached; 281 s). Seconds to the accuracy, cheapest setting per tool (- = not
+reached in its sweep: PyHessian's deflated power iteration stalls on the clustered top-5 or lands
+on negative eigenvalues, and runs out of time on the transformer and the large MLP):
 
     workload     target   edgewatch   eigsh   pyhessian  eigenthings  curvlinops  ew/eigsh  ew/pyhess
-    mlp          top1         0.031   0.035       0.060        0.049       0.104      0.89       0.52
-    mlp          top5         0.082   0.055           -        0.105       0.174      1.47          -
-    cnn          top1         0.253   0.309       0.490        0.384       0.478      0.82       0.52
-    cnn          top5         1.197   0.833           -        1.256       1.255      1.44          -
-    transformer  top1         1.367   1.972           -        1.812       3.406      0.69          -
-    transformer  top5         3.131   3.066           -        4.670       5.470      1.02          -
-    large_mlp    top1         5.495  10.149           -        6.391        skip      0.54          -
+    mlp          top1         0.030   0.037       0.060        0.047       0.096      0.82       0.50
+    mlp          top5         0.079   0.054           -        0.099       0.157      1.45          -
+    cnn          top1         0.240   0.289       0.471        0.347       0.443      0.83       0.51
+    cnn          top5         1.072   0.801           -        1.335       1.301      1.34          -
+    transformer  top1         1.382   1.925           -        1.888       3.612      0.72          -
+    transformer  top5         3.253   3.040           -        4.624       5.575      1.07          -
+    large_mlp    top1         3.891   7.226           -        6.245        skip      0.54          -
 
-HVPs (top-1 / top-5): edgewatch 14/35, 14/56, 30/63, 13; eigsh 17/27, 17/46, 41/66, 21; PyHessian
-33, 31 on top-1 of the MLP and CNN. 80-97% of every tool's time is inside HVPs, so the ratios are
-HVP counts times the per-HVP cost: equal for edgewatch, eigsh and PyHessian (graph reused), higher
-for eigenthings (fresh graph) and curvlinops (``jvp(jacrev)``, also wrong by 2.6e-3 on the
-transformer's LayerNorm). Goals met: 1/3 of PyHessian where PyHessian does not get there (top-5
-everywhere, transformer top-1); 1/1.5 of eigsh on the large MLP only. Missed: top-1 on the MLP and
-the CNN against PyHessian (0.52: it needs 31-33 HVPs to edgewatch's 14), the large MLP against
-PyHessian (undetermined: "auto" chose forward-over-reverse there, 390 instead of 258 ms per HVP),
-and every top-5 against eigsh (1.02-1.47: edgewatch's verification restart costs HVPs).
+HVPs (top-1 / top-5): edgewatch 14/34, 14/56, 30/63, 13; eigsh 17/27, 17/46, 41/66, 21; PyHessian
+33 and 31 on the MLP and CNN top-1. 76-93% of every tool's time is inside HVPs, and an HVP costs
+the same in edgewatch, eigsh and PyHessian (graph reused), more in eigenthings (a fresh graph)
+and curvlinops (``jvp(jacrev)``, also wrong by 2.6e-3 on the transformer's LayerNorm), so the
+ratios are HVP counts.
+
+Goals met: 1/3 of PyHessian wherever PyHessian does not reach the accuracy (every top-5, the
+transformer and large-MLP top-1); 1/1.5 of eigsh on the large MLP (0.54). Missed, and why:
+
+* Against PyHessian on the MLP and CNN top-1 (0.50, 0.51). Lanczos needs 14 HVPs to PyHessian's
+  31-33; 1/3 would take 10-11. No Krylov solver gets there on these spectra: ARPACK (eigsh) needs
+  17, and the gap λ2/λ1 = 0.94 (MLP), 0.90 (CNN) bounds how fast any polynomial in H separates the
+  top eigenvector.
+* Against eigsh on top-1 (0.72-0.83): 14 against 17 HVPs and 30 against 41, so ~1.2-1.4x fewer;
+  1.5x would need ~11 and ~27.
+* Against eigsh on top-5 (1.07-1.45). A converged top-5 is verified: the solve continues from a
+  random direction orthogonal to its Krylov space for at least k = 5 steps, so that copies of a
+  repeated eigenvalue, which one Krylov space cannot see, are found (ARPACK has no such check).
+  Measured with the verification switched off (same sweep): 30 HVPs on the MLP and 51 on the CNN
+  instead of 34-35 and 56, still above eigsh's 27 and 46: at tol 1e-2 ARPACK's Ritz values come out
+  more accurate (1.3e-4 relative error) than full-reorthogonalization Lanczos stopped at the same
+  residual (2.3e-3), so it needs a looser setting. Outside the HVPs edgewatch's top-5 spends 20-24%
+  of its time (every step orthogonalizes twice against the whole basis and computes the Ritz pairs
+  and their residuals for the stopping test), ARPACK 11-16%.
+
+Fixed since the first run (commit b30b9d0): the MLP top-5 at tol 1e-2 spent its whole 100-HVP
+budget unconverged (a verification restart left the Ritz pairs' residuals in a direction the
+process never went back to; now 34 HVPs, commit 99ba52a), and "auto" picked forward-over-reverse
+on the large MLP, 1.5x slower per HVP (now best of 3 with a 15% margin, commit e8187f9; it picked
+double backward in every run here).
 """
 
 from __future__ import annotations
