@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from edgewatch import curvature, hooks, loggers, optimizers
+from edgewatch import curvature, distributed, hooks, loggers, optimizers
 from edgewatch._optional import MissingExtraError
 from edgewatch.hooks import Event, Monitor, Schedule, StopTraining
 
@@ -14,6 +14,7 @@ __all__ = [
     "StopTraining",
     "__version__",
     "curvature",
+    "distributed",
     "hooks",
     "loggers",
     "optimizers",

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from edgewatch.curvature._state import probe_guard, seed_probe
+from edgewatch.distributed import DistributedProbeError, GroupSpec, probe_group, reject_sharded, weighted_mean, world_size
 
 __all__ = [
     "Batch",
@@ -148,6 +149,13 @@ class CurvatureOperator:
     implement :meth:`_matvec` on parameter-shaped tuples; this base flattens, validates, counts and
     guards.
 
+    Under ``torch.distributed`` (DistributedDataParallel) each rank passes its own shard of the
+    probe set and the batches of all ranks together are the probe: every product and
+    :meth:`loss_and_gradient` is all-reduced, size-weighted, so that it is the one over the union
+    of the shards on every rank (:mod:`edgewatch.distributed`). Every rank of the group must then
+    construct the operator and call it the same number of times, as every solver here does when
+    run with the same arguments; ``process_group=False`` keeps a rank to itself.
+
     Args:
         model: the network being trained. It is never modified: probes differentiate detached
             copies of its parameters and pass copies of its buffers.
@@ -166,7 +174,11 @@ class CurvatureOperator:
         seed: dropout seed. Batch ``b`` is always evaluated with seed ``seed + b``, so every matvec
             of one solve sees the same masks; the global RNG is left untouched.
         weights: per-batch weights :math:`w_b` (normalized to sum 1); by default the batch sizes,
-            read from the leading dimension of the first tensor found in each batch.
+            read from the leading dimension of the first tensor found in each batch. Under a
+            process group they are normalized over the batches of all ranks.
+        process_group: ``None`` (default) for the default process group when
+            ``torch.distributed`` is initialized with more than one rank, ``False`` to never
+            communicate, or a ``ProcessGroup``.
 
     Not supported yet: models that use activation checkpointing (``torch.utils.checkpoint``).
     Its recomputation runs the forward pass again during the backward, outside the swapped-in
@@ -176,6 +188,7 @@ class CurvatureOperator:
         ValueError: empty probe, unknown or frozen parameters, a ``loss_fn`` that cannot take
             ``(model, batch)``.
         TypeError: ``params`` of an unsupported kind, a batch whose size cannot be inferred.
+        NotImplementedError: FSDP-sharded (DTensor) parameters, not supported yet.
     """
 
     SELF_ADJOINT = True
@@ -191,10 +204,12 @@ class CurvatureOperator:
         train: bool | None = True,
         seed: int = 0,
         weights: Sequence[float] | None = None,
+        process_group: GroupSpec = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_loss_signature(loss_fn)
+        reject_sharded(model)
         model = _unwrap(model)
         self.model = model
         self.loss_fn = loss_fn
@@ -207,23 +222,32 @@ class CurvatureOperator:
             raise TypeError(f"dtype must be a floating dtype, got {self._dtype}")
         self._device = named[self.param_names[0]].device
         self.probe = _materialize_probe(probe, self._device, self._dtype)
-        self.weights = _normalized_weights(self.probe, weights)
+        self.weights, self._local_total = _normalized_weights(self.probe, weights)
         self.train = train
         self.seed = seed
         self.num_hvps = 0
         self._loss_module = _LossModule(model, loss_fn)
         self._sessions = 0
+        #: The process group products are all-reduced over (``None``: this process alone).
+        self.process_group = probe_group(process_group)
+        self._failures: Tensor | None = None  # ranks that failed since the last check (on the device)
+        self._local_error: Exception | None = None  # this rank's own failure since then
 
     # -- the span of a solve ----------------------------------------------------------------------
     def __enter__(self) -> CurvatureOperator:
         """Start a solve: caches (such as a gradient graph) may live until :meth:`__exit__`."""
+        self._settle()
         self._sessions += 1
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc_info: object) -> None:
         self._sessions -= 1
         if self._sessions == 0:
             self.release()
+        if exc_type is None:
+            self._settle()
+        else:  # already leaving by an exception: don't wait on the device for another one
+            self._failures = self._local_error = None
 
     def release(self) -> None:
         """Free whatever the operator caches between products (nothing, in the base)."""
@@ -260,9 +284,16 @@ class CurvatureOperator:
         # Backward passes through a retained graph still see autocast: keep it off here too.
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(self._device.type, enabled=False):
             vectors = self.unflatten(self._check_flat(v)) if flat_input else self._check_tuple(v)
-            result = self._matvec(vectors)
+            if self.process_group is None:
+                result = self._matvec(vectors)
+            else:
+                product = self._all_reduced(lambda: self.flatten(self._matvec(vectors)), self.size)
         self.num_hvps += 1
-        return self.flatten(result) if flat_input else result
+        if self.process_group is None:
+            return self.flatten(result) if flat_input else result
+        if not self._sessions:  # a lone product: agree on failure now, not at the end of a solve
+            self._settle()
+        return product if flat_input else self.unflatten(product)
 
     def _matvec(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """The product on parameter-shaped tensors; run every forward pass inside :meth:`_probing`."""
@@ -278,7 +309,17 @@ class CurvatureOperator:
         return probe_guard(self.model, self._device, train=self.train)
 
     def loss_and_gradient(self) -> tuple[Tensor, Tensor]:
-        """L(θ) and g = ∇L(θ) on the probe set, as a 0-dim tensor and a flat vector (no ``.grad``)."""
+        """L(θ) and g = ∇L(θ) on the probe set, as a 0-dim tensor and a flat vector (no ``.grad``).
+
+        Under a process group: over the union of the ranks' shards, with one all-reduce.
+        """
+        if self.process_group is None:
+            return self._local_loss_and_gradient()
+        both = self._all_reduced(lambda: torch.cat([v.reshape(-1) for v in self._local_loss_and_gradient()]), self.size + 1)
+        self._settle()
+        return both[0], both[1:]
+
+    def _local_loss_and_gradient(self) -> tuple[Tensor, Tensor]:
         with torch.inference_mode(False), torch.enable_grad(), self._probing():
             frozen = self._frozen_tensors()
             leaves = tuple(p.requires_grad_() for p in self._current_parameters())
@@ -286,6 +327,43 @@ class CurvatureOperator:
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         gradient = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
         return loss.detach(), self.flatten(gradient)
+
+    # -- across ranks ----------------------------------------------------------------------------
+    def _all_reduced(self, local: Callable[[], Tensor], length: int) -> Tensor:
+        """``local()`` on this rank's shard, size-weighted and all-reduced over the process group.
+
+        A rank whose ``local()`` raises still joins the all-reduce (with NaN and a failure flag),
+        so no rank is left waiting; :meth:`_settle` raises the failure on every rank together.
+        """
+        try:
+            values, failed = local(), False
+        except Exception as error:  # noqa: BLE001 - re-raised by _settle, on every rank at once
+            if self._local_error is None:
+                self._local_error = error
+            values, failed = torch.full((length,), float("nan"), dtype=self._dtype, device=self._device), True
+        total, failures = weighted_mean(values, self._local_total, failed, self.process_group)
+        self._failures = failures if self._failures is None else torch.maximum(self._failures, failures)
+        return total
+
+    def _settle(self) -> None:
+        """Raise, on every rank at once, a failure any rank had since the last check.
+
+        One host read of the all-reduced failure count: at the start and end of a solve, after a
+        lone product and after :meth:`loss_and_gradient`, never per product inside a solve (a
+        failed product is NaN, which stops a solve at its next step anyway).
+        """
+        if self._failures is None:
+            return
+        failures, error = self._failures, self._local_error
+        self._failures = self._local_error = None
+        count = int(failures.item())  # host sync, once per solve
+        if count and error is not None:
+            raise error
+        if count:
+            raise DistributedProbeError(
+                f"edgewatch: the probe failed on {count} of {world_size(self.process_group)} ranks "
+                "(the failing rank reports its error); every rank abandons it"
+            )
 
     # -- parameter layout ----------------------------------------------------------------------
     def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
@@ -513,7 +591,8 @@ def _batch_size(batch: Batch) -> int | None:
     return None
 
 
-def _normalized_weights(probe: list, weights: Sequence[float] | None) -> tuple[float, ...]:
+def _normalized_weights(probe: list, weights: Sequence[float] | None) -> tuple[tuple[float, ...], float]:
+    """The weights normalized to sum 1, and their sum before (the shard's size, across ranks)."""
     if weights is None:
         sizes = [_batch_size(batch) for batch in probe]
         if any(size is None for size in sizes):
@@ -527,4 +606,4 @@ def _normalized_weights(probe: list, weights: Sequence[float] | None) -> tuple[f
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    return tuple(float(w) / total for w in weights)
+    return tuple(float(w) / total for w in weights), total

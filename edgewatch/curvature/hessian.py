@@ -2,11 +2,13 @@ r"""The Hessian of the probe loss as a linear operator, :math:`v \mapsto Hv`.
 
 :math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (DESIGN.md section 3), applied by one of
 the two methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
-and loss and keeps the faster one that agrees with double backward.
+and loss and keeps the faster one that agrees with double backward; under ``torch.distributed``
+every rank keeps the same one (the slowest rank's timings decide).
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from edgewatch.curvature._base import Batch, CurvatureOperator, LossFn, ParamSpec
 from edgewatch.curvature.hvp import GradientGraph, hvp_double_backward, hvp_forward_over_reverse
+from edgewatch.distributed import GroupSpec, max_over_ranks
 
 __all__ = ["HVP_METHODS", "HessianOperator"]
 
@@ -49,11 +52,14 @@ class HessianOperator(CurvatureOperator):
     at. Inside a solve the graph is also rebuilt if a parameter or buffer is updated in place.
 
     Args:
-        model, loss_fn, probe, params, dtype, train, seed, weights: see
-            :class:`~edgewatch.curvature._base.CurvatureOperator`.
+        model, loss_fn, probe, params, dtype, train, seed, weights, process_group: see
+            :class:`~edgewatch.curvature._base.CurvatureOperator` (under ``torch.distributed``,
+            each rank its own probe shard; products are all-reduced).
         method: ``"double_backward"``, ``"forward_over_reverse"`` or ``"auto"``: time both once
             for this model and loss (on a random vector, outside the HVP count), keep the faster
-            one that matches double backward, and remember the choice.
+            one that matches double backward, and remember the choice. Under a process group
+            every rank times (at its first product, never from a remembered choice) and the
+            slowest rank's timings decide, so that all ranks use the same method.
         reuse_graph: keep the gradient graph between the products of one solve (double backward
             only). Costs the memory of one forward and backward pass over the whole probe set.
 
@@ -80,14 +86,19 @@ class HessianOperator(CurvatureOperator):
         train: bool | None = True,
         seed: int = 0,
         weights: Sequence[float] | None = None,
+        process_group: GroupSpec = None,
     ) -> None:
         if method not in (*HVP_METHODS, "auto"):
             raise ValueError(f"method must be one of {HVP_METHODS + ('auto',)}, got {method!r}")
         super().__init__(
-            model, loss_fn, probe, params, dtype=dtype, train=train, seed=seed, weights=weights
+            model, loss_fn, probe, params, dtype=dtype, train=train, seed=seed, weights=weights,
+            process_group=process_group,
         )
         self.reuse_graph = reuse_graph
-        self._method = _AUTO_CHOICES.get(self._signature()) if method == "auto" else method
+        # Across ranks a remembered choice could differ (one rank may have timed this model before,
+        # alone), and the ranks would then disagree on whether to time: they always time together.
+        remembered = _AUTO_CHOICES.get(self._signature()) if self.process_group is None else None
+        self._method = remembered if method == "auto" else method
         self._graph: GradientGraph | None = None
         self._graph_key: tuple | None = None
 
@@ -103,8 +114,7 @@ class HessianOperator(CurvatureOperator):
 
     def _matvec(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self._method is None:
-            self._method = self._choose_method()
-            _AUTO_CHOICES[self._signature()] = self._method
+            self._choose_method()
         if self._method == "double_backward" and self.reuse_graph:
             try:
                 return self._gradient_graph().hvp(v)
@@ -137,9 +147,41 @@ class HessianOperator(CurvatureOperator):
         shapes = tuple((name, tuple(named[name].shape)) for name in self.param_names)
         return id(self.model), id(self.loss_fn), shapes, self.device, self.dtype, self.train, self.reuse_graph
 
-    def _choose_method(self) -> str:
+    def _choose_method(self) -> None:
         """Time each method on a random vector (best of a few products); keep double backward unless
-        another method that agrees with it is at least ``_AUTO_MARGIN`` faster."""
+        another method that agrees with it is at least ``_AUTO_MARGIN`` faster.
+
+        Under a process group the per-method costs are MAX-all-reduced first, so every rank makes
+        the same choice; a rank whose timing raises joins that all-reduce (its costs infinite),
+        takes the common choice, and only then raises (its product is then agreed to have failed).
+        """
+        error: Exception | None = None
+        try:
+            costs = self._time_methods()
+        except Exception as failure:  # noqa: BLE001 - raised below, after the ranks agreed
+            if self.process_group is None:
+                raise
+            costs, error = {}, failure
+        if self.process_group is not None:
+            local = torch.tensor([costs.get(m, math.inf) for m in HVP_METHODS], dtype=torch.float64, device=self.device)
+            costs = {m: c for m, c in zip(HVP_METHODS, max_over_ranks(local, self.process_group).tolist()) if c < math.inf}
+        if "double_backward" not in costs:  # it failed (on some rank): the products will say so
+            choice = "double_backward"
+        else:
+            fastest = min(costs, key=costs.get)
+            clearly = costs[fastest] < (1 - _AUTO_MARGIN) * costs["double_backward"]
+            choice = fastest if clearly else "double_backward"
+        if choice != "double_backward":
+            self.release()  # the timing graph
+        self._method = choice
+        if self.process_group is None:
+            _AUTO_CHOICES[self._signature()] = choice
+        if error is not None:
+            raise error
+
+    def _time_methods(self) -> dict[str, float]:
+        """Seconds per product of each usable method on this process (the build of a reused graph
+        amortized over a solve); a method that fails or disagrees with double backward is left out."""
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         v = tuple(
             torch.randn(s, generator=generator, device=self.device, dtype=self.dtype) for s in self._shapes
@@ -161,7 +203,7 @@ class HessianOperator(CurvatureOperator):
             warnings.warn(
                 f"forward-over-reverse HVP unavailable for {type(self.model).__name__} "
                 f"({type(error).__name__}: {error}); using double backward",
-                stacklevel=4,
+                stacklevel=5,
             )
             candidate = None
         if candidate is not None and _relative_difference(candidate, reference) > tolerance:
@@ -169,15 +211,10 @@ class HessianOperator(CurvatureOperator):
                 "forward-over-reverse and double-backward HVPs disagree "
                 f"(relative difference {_relative_difference(candidate, reference):.2e}; under "
                 "forward-mode AD dropout can draw other masks); using double backward",
-                stacklevel=4,
+                stacklevel=5,
             )
             del costs["forward_over_reverse"]
-        fastest = min(costs, key=costs.get)
-        clearly = costs[fastest] < (1 - _AUTO_MARGIN) * costs["double_backward"]
-        choice = fastest if clearly else "double_backward"
-        if choice != "double_backward":
-            self.release()  # the timing graph
-        return choice
+        return costs
 
 
 def _relative_difference(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from edgewatch.curvature._base import _unwrap
+from edgewatch.distributed import world_size
 from edgewatch.optimizers import UnsupportedOptimizerError, stability
 
 if TYPE_CHECKING:
@@ -20,10 +22,15 @@ __all__ = ["run_meta"]
 
 
 def run_meta(monitor: Monitor) -> dict[str, Any]:
-    """A JSON-ready description of the watched run (written once, when the first record is)."""
+    """A JSON-ready description of the watched run (written once, when the first record is).
+
+    Under ``torch.distributed`` it is written by the logging rank alone, so it holds no collective:
+    the probe's batches and examples are that rank's shard, and ``distributed`` says how many
+    ranks there are.
+    """
     from edgewatch import __version__
 
-    model, optimizer, probe = monitor.model, monitor.optimizer, monitor.curvature
+    model, optimizer, probe = _unwrap(monitor.model), monitor.optimizer, monitor.curvature
     parameters = list(model.parameters())
     first = parameters[0] if parameters else torch.empty(())
     meta: dict[str, Any] = {
@@ -61,6 +68,10 @@ def run_meta(monitor: Monitor) -> dict[str, Any]:
         "detectors": sorted({kind for detector in monitor.detectors for kind in detector.kinds}),
         "stop_on": sorted(monitor.stop_on),
     }
+    group = monitor.process_group
+    if group is not None:
+        meta["distributed"] = {"world_size": world_size(group), "backend": str(torch.distributed.get_backend(group)),
+                               "probe": "each rank its own shard; the probe batches and examples above are this rank's"}
     try:  # the stability constant c per group: what r = ηλ/c divides by
         meta["optimizer"]["stability"] = [
             {"constant": group.stability_constant, "formula": group.formula} for group in stability(optimizer).groups

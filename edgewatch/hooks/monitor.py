@@ -10,6 +10,14 @@ its curvature schedule, the curvature probe (:class:`~edgewatch.hooks.probes.cur
 on the fixed probe set; the detectors turn those numbers into events. Nothing it does reaches
 the training run: it never writes ``.grad``, parameters, buffers or optimizer state, restores every
 module's mode and leaves the global RNG streams where they were.
+
+Under ``torch.distributed`` (DistributedDataParallel) every rank builds its Monitor the same way,
+each with its own probe shard. Curvature is measured on the union of the shards (products
+all-reduced), gradient norms are those of the all-reduced gradient, the loss is the mean over the
+ranks, so every rank holds the same metrics and its detectors raise the same events (``stop_on``
+stops every rank at the same step); only global rank 0 logs. Collectives happen only on measured
+steps: one scalar all-reduce (the loss) on a step with cheap metrics, the probe's own on a
+curvature step (one per product, one for the loss and gradient, one all-gather for the logits).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from edgewatch.curvature._base import LossFn
+from edgewatch.curvature._base import LossFn, _unwrap
+from edgewatch.distributed import GroupSpec, is_main_process, mean_over_ranks, probe_group
 from edgewatch.hooks.detectors import (
     CatapultDetector,
     EdgeOfStabilityDetector,
@@ -100,6 +109,15 @@ class Monitor:
             It is created when the first record is written. A run resumed from a checkpoint
             (``load_state_dict``) appends to it; a new run never mixes with an old one's records
             (it moves to ``DIR-2``, with a warning).
+        process_group: under ``torch.distributed``, the ranks whose probe shards make up the probe
+            and over which the loss is averaged: ``None`` (default) for the default process group
+            when one is initialized, ``False`` for none (each rank measures alone), or a group.
+            Every rank of the group must build a Monitor with the same schedules and step it
+            alike.
+        main_process: whether this process logs. Default: global rank 0 under an initialized
+            process group, else True. Where it is False, ``loggers`` and ``run_dir`` are ignored:
+            no run directory, no logger; the Monitor still measures and detects (``latest``,
+            ``events``, callbacks and ``stop_on`` work on every rank).
 
     ``state_dict()`` holds tensors (warm-start vectors): save it with ``torch.save``.
 
@@ -130,13 +148,18 @@ class Monitor:
         grad_scaler: torch.amp.GradScaler | None = None,
         loggers: str | Logger | Sequence[str | Logger] = (),
         run_dir: str | os.PathLike | None | Literal[False] = None,
+        process_group: GroupSpec = None,
+        main_process: bool | None = None,
     ) -> None:
         _check_optimizer(model, optimizer)
         self.model, self.optimizer = model, optimizer
         self.cheap = Schedule(every=every)
         self.curvature_schedule = curvature if isinstance(curvature, Schedule) else Schedule(every=curvature)
+        self.process_group = probe_group(process_group)
+        self.main_process = is_main_process() if main_process is None else bool(main_process)
         self.curvature = CurvatureProbe(
-            model, optimizer, loss_fn, probe, k=k, tol=tol, max_hvps=max_hvps, method=method, seed=seed, train=train
+            model, optimizer, loss_fn, probe, k=k, tol=tol, max_hvps=max_hvps, method=method, seed=seed, train=train,
+            process_group=False if self.process_group is None else self.process_group,
         )
         _check_probe_fits(self.curvature)
         self.detectors = list(default_detectors() if detectors is None else detectors)
@@ -150,12 +173,16 @@ class Monitor:
         self._params = _optimized(optimizer)
         self._previous = [p.detach().clone() for p in self._params] if track_updates else None
         self._loss: Tensor | None = None
-        self._recorder: GradientRecorder | None = GradientRecorder(model, self._params)  # counts the first step
+        self._named = _unwrap(model)  # names as in the module itself, not "module.…" of a DDP wrapper
+        self._recorder: GradientRecorder | None = GradientRecorder(self._named, self._params)  # counts the first step
         self._hooks: list = []
         self._warned: set[str] = set()
         if isinstance(loggers, (str, Logger)):
             loggers = [loggers]
-        self.logger = MultiLogger(_with_run_dir([make_logger(spec) for spec in loggers], run_dir))
+        if self.main_process:
+            self.logger = MultiLogger(_with_run_dir([make_logger(spec) for spec in loggers], run_dir))
+        else:  # one writer per run: the other ranks build no logger (no W&B run, no directory)
+            self.logger = MultiLogger([])
         self._jsonl = next((lg for lg in self.logger.loggers if isinstance(lg, JsonlLogger)), None)
         self._logging = False
         self._logged_until = 0  # the last step whose records went to the loggers
@@ -170,7 +197,7 @@ class Monitor:
         """Measure after every ``optimizer.step()`` (step pre- and post-hooks); returns self."""
         if not self._hooks:
             if self._recorder is None:
-                self._recorder = GradientRecorder(self.model, self._params)
+                self._recorder = GradientRecorder(self._named, self._params)
             self._hooks = [
                 self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self._before_step()),
                 self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step()),
@@ -223,7 +250,7 @@ class Monitor:
             self._previous = [p.detach().clone() for p in params] if self.track_updates else None
             if self._recorder is not None:
                 self._recorder.remove()
-                self._recorder = GradientRecorder(self.model, params)
+                self._recorder = GradientRecorder(self._named, params)
         elif self._previous is not None and self.cheap(self.step_count + 1):
             self._snapshot()
 
@@ -242,6 +269,8 @@ class Monitor:
         metrics: dict[str, Any] = {}
         if self.cheap(step):
             metrics.update(self._guarded("metrics", self._cheap_metrics))
+            if self.process_group is not None:  # outside the guard above: every rank must take part
+                metrics.update(self._guarded("metrics", self._loss_over_ranks))
         if self.curvature_schedule(step):
             metrics.update(self._guarded("curvature", self.curvature.measure))
             if "loss" not in metrics and "curvature/probe_loss" in metrics:
@@ -280,6 +309,15 @@ class Monitor:
         if fraction is not None:
             metrics["adam/epsilon_fraction"] = fraction
         return metrics
+
+    def _loss_over_ranks(self) -> dict[str, Tensor]:
+        """The observed loss averaged over the ranks (one scalar all-reduce, on every rank alike).
+
+        The mean of the ranks' mean losses, as DDP's gradient is the mean of theirs; with it every
+        rank's detectors see the same numbers.
+        """
+        loss = mean_over_ranks(self._loss, self.process_group, self.curvature.hessian.device)
+        return {} if loss is None else {"loss": loss}
 
     def _guarded(self, what: str, measure: Callable[[], dict]) -> dict:
         """A probe that fails must not stop training: warn once per kind of failure, go on."""

@@ -45,6 +45,7 @@ class Adapter:
         kwargs["callbacks"] = [*kwargs.get("callbacks", ()), self._on_event]
         if grad_scaler is not None:
             kwargs.setdefault("grad_scaler", grad_scaler)
+        kwargs["main_process"] = main_process  # the trainer knows which process is its main one
         if not main_process:
             kwargs["loggers"], kwargs["run_dir"] = (), False
         elif "run_dir" not in kwargs and not _names_a_jsonl_logger(kwargs.get("loggers", ())):

@@ -8,6 +8,11 @@ eigenspace :math:`\|V_k^\top g\|^2/\|g\|^2` (Gur-Ari et al. 2018), and where the
 lives (its energy per module); and, from the same forward passes, the output and attention
 logits (:mod:`~edgewatch.hooks.probes.logits`). All solves of one probe share one gradient graph.
 
+Under ``torch.distributed`` each rank passes its own probe shard; every product and the gradient
+are all-reduced (:mod:`edgewatch.distributed`) and the logit statistics gathered once, so every
+rank computes the same numbers, those of the union of the shards. A probe that fails on one rank
+fails on every rank at the same point, so none is left waiting in a collective.
+
 References:
     Gur-Ari, Roberts, Dyer 2018, Gradient Descent Happens in a Tiny Subspace, https://arxiv.org/abs/1812.04754
 """
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from edgewatch.curvature import HessianOperator, lanczos
+from edgewatch.distributed import GroupSpec
 from edgewatch.hooks.probes.grads import module_of
 from edgewatch.hooks.probes.logits import LogitRecorder
 from edgewatch.optimizers import OptimizerStateError, preconditioned_operator
@@ -35,7 +41,7 @@ class CurvatureProbe:
     Args:
         k: how many top eigenvalues of H to report.
         tol, max_hvps: Lanczos tolerance and HVP budget per solve.
-        method, seed, train: see :class:`~edgewatch.curvature.HessianOperator`.
+        method, seed, train, process_group: see :class:`~edgewatch.curvature.HessianOperator`.
     """
 
     def __init__(
@@ -51,10 +57,14 @@ class CurvatureProbe:
         method: str = "auto",
         seed: int = 0,
         train: bool | None = True,
+        process_group: GroupSpec = None,
     ) -> None:
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        names = [name for name, p in model.named_parameters() if id(p) in optimized and p.requires_grad]
-        self.hessian = HessianOperator(model, loss_fn, probe, params=names, method=method, seed=seed, train=train)
+        # Tensors, not names: a DDP or compiled wrapper names them differently from the module inside.
+        params = [p for p in model.parameters() if id(p) in optimized and p.requires_grad]
+        self.hessian = HessianOperator(
+            model, loss_fn, probe, params=params, method=method, seed=seed, train=train, process_group=process_group
+        )
         self.optimizer = optimizer
         self.k = min(k, self.hessian.size)
         self.tol, self.max_hvps = tol, max_hvps
@@ -69,7 +79,7 @@ class CurvatureProbe:
         with self.hessian:  # one gradient graph for every product below
             with self.logits.recording():  # the probe's forward passes also show its logits
                 loss, gradient = self.hessian.loss_and_gradient()
-            metrics.update(self.logits.metrics())
+            metrics.update(self.logits.metrics(self.hessian.process_group))
             metrics["curvature/probe_loss"] = loss
             top = lanczos(self.hessian, k=self.k, tol=self.tol, max_hvps=self.max_hvps, v0=_finite(self.vectors))
             self.vectors = top.eigenvectors if top.converged else None

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgewatch.distributed import gather
+
 __all__ = ["LogitRecorder", "output_logit_metrics"]
 
 Z_LOSS_WEIGHT = 1e-4  # PaLM's z-loss coefficient
@@ -51,7 +53,9 @@ class LogitRecorder:
 
     Use :meth:`recording` around the forward passes (one per probe batch); :meth:`metrics` then
     gives 0-dim tensors: maxima over batches, means averaged over batches. Attention calls are
-    numbered in the order a forward pass makes them (``attn/max_logit/<i>``).
+    numbered in the order a forward pass makes them (``attn/max_logit/<i>``). Under a process
+    group the batches of every rank count (maxima: MAX over ranks, minima: MIN, means over all
+    batches), with one all-gather.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -82,23 +86,31 @@ class LogitRecorder:
                 handle.remove()
             self._inside_mha = 0
 
-    def metrics(self) -> dict[str, Tensor]:
-        metrics: dict[str, Tensor] = {}
+    def metrics(self, process_group: Any = None) -> dict[str, Tensor]:
+        """The metrics of the batches recorded since :meth:`recording` began (of every rank of
+        ``process_group``, a ``torch.distributed`` group, when one is given)."""
+        per_batch: list[tuple[str, str, Tensor]] = []  # (name, reduction over batches, values per batch)
         if self._outputs:
             for name in self._outputs[0]:
-                values = torch.stack([batch[name] for batch in self._outputs])
-                metrics[name] = values.max() if name.endswith("max") else values.mean()
+                how = "max" if name.endswith("max") else "mean"
+                per_batch.append((name, how, torch.stack([batch[name] for batch in self._outputs])))
+        for index, calls in sorted(self._attention.items()):
+            per_batch += [
+                (f"attn/max_logit/{index}", "max", torch.stack([c[0] for c in calls])),
+                (f"entropy_mean/{index}", "mean", torch.stack([c[1] for c in calls])),
+                (f"entropy_min/{index}", "min", torch.stack([c[2] for c in calls])),
+            ]
+        if not per_batch:
+            return {}
+        values = _over_batches(per_batch, process_group)
+        metrics = {name: values[name] for name in (self._outputs[0] if self._outputs else ())}
         if self._attention:
-            per_call = {
-                index: (torch.stack([c[0] for c in calls]).max(), torch.stack([c[1] for c in calls]).mean(),
-                        torch.stack([c[2] for c in calls]).min())
-                for index, calls in sorted(self._attention.items())
-            }
-            for index, (largest, _, _) in per_call.items():
-                metrics[f"attn/max_logit/{index}"] = largest
-            metrics["attn/max_logit"] = torch.stack([c[0] for c in per_call.values()]).max()
-            metrics["attn/entropy_mean"] = torch.stack([c[1] for c in per_call.values()]).mean()
-            metrics["attn/entropy_min"] = torch.stack([c[2] for c in per_call.values()]).min()
+            calls = sorted(self._attention)
+            for index in calls:
+                metrics[f"attn/max_logit/{index}"] = values[f"attn/max_logit/{index}"]
+            metrics["attn/max_logit"] = torch.stack([values[f"attn/max_logit/{i}"] for i in calls]).max()
+            metrics["attn/entropy_mean"] = torch.stack([values[f"entropy_mean/{i}"] for i in calls]).mean()
+            metrics["attn/entropy_min"] = torch.stack([values[f"entropy_min/{i}"] for i in calls]).min()
         return metrics
 
     # -- what is recorded ---------------------------------------------------------------------
@@ -175,6 +187,28 @@ class LogitRecorder:
             rows = allowed.sum(-1) >= 2  # a query with one key to look at has entropy 0 by force
             self._attention.setdefault(self._call, []).append((largest, entropy[rows].mean(), entropy[rows].min()))
             self._call += 1
+
+
+def _over_batches(per_batch: list[tuple[str, str, Tensor]], process_group: Any) -> dict[str, Tensor]:
+    """Each entry's per-batch values reduced over the batches: ``max``, ``min`` or ``mean``.
+
+    Under a process group, over the batches of every rank: each rank's partial reduction (a max,
+    a min, or a sum and a count) is all-gathered in one (entries, 2) tensor, so maxima are the MAX
+    over ranks and means are over all batches, as on one process holding every rank's batches.
+    """
+    if process_group is None:
+        return {name: getattr(values, how)() for name, how, values in per_batch}
+    partial = torch.stack([
+        torch.stack([values.sum(), values.new_tensor(float(len(values)))]) if how == "mean"
+        else torch.stack([getattr(values, how)(), values.new_zeros(())])
+        for _, how, values in per_batch
+    ])  # (entries, 2)
+    ranks = gather(partial, process_group)  # (world, entries, 2)
+    combined = {}
+    for i, (name, how, _) in enumerate(per_batch):
+        column = ranks[:, i]
+        combined[name] = column[:, 0].sum() / column[:, 1].sum() if how == "mean" else getattr(column[:, 0], how)()
+    return combined
 
 
 def _find_logits(output: Any) -> Tensor | None:

@@ -1,0 +1,184 @@
+r"""Distributed runs: which ranks a probe spans, and the few collectives it needs (torch.distributed).
+
+Under DistributedDataParallel each rank passes its *own* shard of the probe set (its dataloader's
+batches). Rank r computes, on the unwrapped module, the size-weighted product over its shard, and
+one all-reduce per product combines the shards into the product over their union:
+
+.. math::
+    Hv = \frac{\sum_r S_r\, h_r}{\sum_r S_r}, \qquad
+    h_r = \sum_{b \in r} \frac{|B_b|}{S_r}\, \nabla^2 \ell(θ; B_b)\, v, \qquad
+    S_r = \sum_{b \in r} |B_b|,
+
+which is exactly :math:`\sum_b w_b \nabla^2 \ell(θ; B_b) v` with :math:`w_b = |B_b| / \sum_{b'} |B_{b'}|`
+over all batches of all ranks (DESIGN.md section 4). The all-reduced vector carries two more
+entries, :math:`S_r` (so no rank needs to know the others' shard sizes in advance) and a failure
+flag. The sum is the same on every rank, so every rank runs the same Lanczos iterations from the
+same seed and gets the same eigenpairs, bit for bit; only rank 0 logs.
+
+Failures are agreed, never left hanging: a rank whose forward or backward pass raises still takes
+part in the all-reduce, contributing NaN and a flag. Every rank then sees NaN (a solve stops at its
+next step) and the flag count, and at the end of the solve every rank raises together: the failing
+rank its own error, the others :class:`DistributedProbeError`. The process group's timeout
+(``init_process_group(timeout=...)``) stays the backstop for a rank that dies or stops calling
+collectives altogether.
+
+References:
+    Li et al. 2020, PyTorch Distributed: Experiences on Accelerating Data Parallel Training,
+    https://arxiv.org/abs/2006.15704
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Union
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+__all__ = [
+    "SHARDED_UNSUPPORTED",
+    "DistributedProbeError",
+    "GroupSpec",
+    "gather",
+    "is_main_process",
+    "max_over_ranks",
+    "mean_over_ranks",
+    "probe_group",
+    "reject_sharded",
+    "weighted_mean",
+    "world_size",
+]
+
+#: ``None``: the default process group when one is initialized (and has more than one rank);
+#: ``False``: never communicate (each rank measures its own shard alone); or a process group.
+GroupSpec = Union[None, bool, "ProcessGroup"]
+
+SHARDED_UNSUPPORTED = (
+    "edgewatch does not support sharded parameters yet (FSDP's fully_shard or FullyShardedDataParallel, "
+    "or other DTensor parameters): curvature probes would need Lanczos vectors sharded like the "
+    "parameters, with their inner products all-reduced, which the solvers do not do yet, and the "
+    "gradient and parameter norms are not reduced over the shards. Monitor the run under "
+    "DistributedDataParallel (replicated parameters), or a single-process run of the same model."
+)
+
+
+class DistributedProbeError(RuntimeError):
+    """A probe failed on another rank; every rank abandons it together (training goes on)."""
+
+
+def _initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def probe_group(process_group: GroupSpec = None) -> ProcessGroup | None:
+    """The process group probes reduce over, or ``None`` for a single process.
+
+    Args:
+        process_group: ``None`` for the default group when ``torch.distributed`` is initialized,
+            ``False`` to never communicate, or a process group. A group of one rank is ``None``.
+
+    Raises:
+        TypeError: anything else.
+
+    >>> probe_group() is None            # no process group initialized here
+    True
+    """
+    if process_group is False:
+        return None
+    if process_group is None:
+        if not _initialized():
+            return None
+        process_group = torch.distributed.group.WORLD
+    elif not (_initialized() and isinstance(process_group, torch.distributed.ProcessGroup)):
+        raise TypeError(
+            "process_group must be None (the default group, if torch.distributed is initialized), False "
+            f"(no communication) or a torch.distributed ProcessGroup, got {process_group!r}"
+            + ("" if _initialized() else " (torch.distributed is not initialized)")
+        )
+    return process_group if torch.distributed.get_world_size(process_group) > 1 else None
+
+
+def world_size(group: ProcessGroup | None) -> int:
+    """Ranks in ``group`` (1 for a single process)."""
+    return 1 if group is None else torch.distributed.get_world_size(group)
+
+
+def is_main_process() -> bool:
+    """Global rank 0, or a process outside any process group: the one that logs."""
+    return not _initialized() or torch.distributed.get_rank() == 0
+
+
+def reject_sharded(model: nn.Module) -> None:
+    """Raise :data:`SHARDED_UNSUPPORTED` for an FSDP module or a model with DTensor parameters.
+
+    Costs nothing when torch's FSDP and DTensor modules were never imported (then neither exists).
+
+    Raises:
+        NotImplementedError: the model is sharded.
+    """
+    sharded_types: tuple[type, ...] = ()
+    if "torch.distributed.fsdp" in sys.modules:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        sharded_types += (FSDPModule, FullyShardedDataParallel)
+    if any(isinstance(module, sharded_types) for module in model.modules()):
+        raise NotImplementedError(SHARDED_UNSUPPORTED)
+    if "torch.distributed.tensor" in sys.modules:
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in model.parameters()):
+            raise NotImplementedError(SHARDED_UNSUPPORTED)
+
+
+def weighted_mean(local: Tensor, weight: float, failed: bool, group: ProcessGroup) -> tuple[Tensor, Tensor]:
+    r"""The size-weighted mean :math:`\sum_r S_r x_r / \sum_r S_r` over ranks, and the failure count.
+
+    One all-reduce (sum) of ``[S_r x_r, S_r, failed_r]``. A failed rank passes NaN in ``local``,
+    which every rank then sees (NaN + anything is NaN).
+
+    Args:
+        local: (m,) this rank's weighted mean :math:`x_r` over its shard.
+        weight: :math:`S_r`, this rank's total weight (its number of probe examples).
+        failed: this rank's local computation raised.
+        group: the process group.
+
+    Returns:
+        (m,) the mean over all ranks, and a 0-dim tensor: how many ranks failed. Both stay on the
+        device (no host sync).
+    """
+    m = local.numel()
+    buffer = torch.empty(m + 2, dtype=local.dtype, device=local.device)
+    torch.mul(local.reshape(-1), weight, out=buffer[:m])
+    buffer[m] = weight
+    buffer[m + 1] = float(failed)
+    torch.distributed.all_reduce(buffer, group=group)
+    return buffer[:m].div_(buffer[m]), buffer[m + 1]
+
+
+def mean_over_ranks(value: Tensor | None, group: ProcessGroup, device: torch.device) -> Tensor | None:
+    """The mean of a scalar over the ranks that have one (one all-reduce); ``None`` where this rank has none.
+
+    Every rank must call it, with or without a value, so the collective always matches up.
+    """
+    buffer = torch.zeros(2, dtype=torch.float64, device=device)
+    if value is not None:
+        buffer[0] = value.detach().reshape(()).to(device)
+        buffer[1] = 1.0
+    torch.distributed.all_reduce(buffer, group=group)
+    return None if value is None else buffer[0] / buffer[1]
+
+
+def max_over_ranks(values: Tensor, group: ProcessGroup) -> Tensor:
+    """The elementwise maximum over ranks (one all-reduce, in place): the same on every rank."""
+    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX, group=group)
+    return values
+
+
+def gather(local: Tensor, group: ProcessGroup) -> Tensor:
+    """Every rank's ``local`` (same shape everywhere), stacked: ``(world_size, *local.shape)``."""
+    parts = [torch.empty_like(local) for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(parts, local.contiguous(), group=group)
+    return torch.stack(parts)
