@@ -16,9 +16,11 @@ The residual of a Ritz pair :math:`(θ, Q_m s)` is then, exactly,
 .. math::
     H Q_m s - θ Q_m s = β_m s_m q_{m+1} + \sum_{j \in \text{restarts}} s_j (I - Q_m Q_m^\top) w_j,
 
-with :math:`w_j` the residual set aside at restart j. Vectors stay in the operator's dtype and on
-its device; the projected matrix lives on the host in float64 (one small transfer per step, which
-the stopping test needs anyway).
+with :math:`w_j` the residual set aside at restart j. After a restart the process can also be
+steered back along a Ritz pair's whole residual (:meth:`LanczosProcess.steer`), which sets the
+pending direction aside in turn. Vectors stay in the operator's dtype and on its device; the
+projected matrix lives on the host in float64 (one small transfer per step, which the stopping test
+needs anyway, and one more for the residuals while directions are set aside).
 
 References:
     Lanczos 1950, https://doi.org/10.6028/jres.045.026; Giraud, Langou, Rozloznik 2005, The loss of
@@ -35,6 +37,10 @@ from torch import Tensor
 from edgewatch.curvature._base import LinearOperator
 
 __all__ = ["LanczosProcess", "project_out"]
+
+# Directions set aside (by restarts and steering) beyond which the process stops steering: every
+# residual computation projects each of them against the basis.
+_MAX_SET_ASIDE = 16
 
 
 def project_out(w: Tensor, basis: Tensor) -> Tensor:
@@ -166,7 +172,9 @@ class LanczosProcess:
         residual :math:`Hy - θy`, which expands the space the way a Lanczos step from y would
         (Davidson's expansion without preconditioner). Returns whether it switched.
         """
-        if self._beta == 0:  # the pending direction is fresh from a restart: try it first
+        if not self._set_aside or self._beta == 0:  # nothing to go back to, or a fresh direction to try first
+            return False
+        if len(self._set_aside) >= _MAX_SET_ASIDE:  # each one costs a projection per step from now on
             return False
         terms = self._residual_terms(s)
         if terms is None or terms[0][0] is not None:

@@ -84,7 +84,7 @@ def lanczos(
     eigenvalues outside an invariant subspace the start vector happened to span, are invisible
     to it. Whenever that can matter (k > 1, a warm start, or a breakdown) a converged answer is
     verified: the process continues from a random direction orthogonal to everything seen (for
-    k > 1 until that direction's own extreme Ritz pair has converged to 1% or for 3 max(3, k)
+    k > 1 until that direction's own extreme Ritz pair has converged to 1% or for 3 min(max(3, k), 10)
     steps, otherwise for three steps), and the answer stands only if this does not change it.
     Pairs that lost their convergence to the new directions continue along the direction set
     aside at the restart (:meth:`~edgewatch.curvature._krylov.LanczosProcess.steer`), so a
