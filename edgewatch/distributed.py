@@ -15,12 +15,14 @@ entries, :math:`S_r` (so no rank needs to know the others' shard sizes in advanc
 flag. The sum is the same on every rank, so every rank runs the same Lanczos iterations from the
 same seed and gets the same eigenpairs, bit for bit; only rank 0 logs.
 
-Failures are agreed, never left hanging: a rank whose forward or backward pass raises still takes
-part in the all-reduce, contributing NaN and a flag. Every rank then sees NaN (a solve stops at its
+Failures in the model are agreed, never left hanging: a rank whose forward or backward pass (the
+model, ``loss_fn``, autograd: where probes fail in practice) raises still takes part in the
+all-reduce, contributing NaN and a flag. Every rank then sees NaN (a solve stops at its
 next step) and the flag count, and at the end of the solve every rank raises together: the failing
 rank its own error, the others :class:`DistributedProbeError`. The process group's timeout
-(``init_process_group(timeout=...)``) stays the backstop for a rank that dies or stops calling
-collectives altogether.
+(``init_process_group(timeout=...)``) stays the backstop for a rank that dies, or that fails
+outside the model's passes (say, out of memory for the solver's own vectors) and so leaves the
+others waiting in their next collective.
 
 References:
     Li et al. 2020, PyTorch Distributed: Experiences on Accelerating Data Parallel Training,
@@ -30,7 +32,7 @@ References:
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +56,7 @@ __all__ = [
 
 #: ``None``: the default process group when one is initialized (and has more than one rank);
 #: ``False``: never communicate (each rank measures its own shard alone); or a process group.
-GroupSpec = Union[None, bool, "ProcessGroup"]
+GroupSpec = Union[None, Literal[False], "ProcessGroup"]
 
 SHARDED_UNSUPPORTED = (
     "edgewatch does not support sharded parameters yet (FSDP's fully_shard or FullyShardedDataParallel, "
@@ -158,17 +160,21 @@ def weighted_mean(local: Tensor, weight: float, failed: bool, group: ProcessGrou
     return buffer[:m].div_(buffer[m]), buffer[m + 1]
 
 
-def mean_over_ranks(value: Tensor | None, group: ProcessGroup, device: torch.device) -> Tensor | None:
-    """The mean of a scalar over the ranks that have one (one all-reduce); ``None`` where this rank has none.
+def mean_over_ranks(
+    value: Tensor | None, group: ProcessGroup, device: torch.device, failed: bool = False
+) -> tuple[Tensor | None, Tensor]:
+    """The mean of a scalar over the ranks that have one (``None`` where this rank has none), and
+    how many ranks report ``failed``, with one all-reduce (both stay on the device).
 
     Every rank must call it, with or without a value, so the collective always matches up.
     """
-    buffer = torch.zeros(2, dtype=torch.float64, device=device)
+    buffer = torch.zeros(3, dtype=torch.float64, device=device)
     if value is not None:
         buffer[0] = value.detach().reshape(()).to(device)
         buffer[1] = 1.0
+    buffer[2] = float(failed)
     torch.distributed.all_reduce(buffer, group=group)
-    return None if value is None else buffer[0] / buffer[1]
+    return (None if value is None else buffer[0] / buffer[1]), buffer[2]
 
 
 def max_over_ranks(values: Tensor, group: ProcessGroup) -> Tensor:

@@ -315,7 +315,7 @@ class CurvatureOperator:
         """
         if self.process_group is None:
             return self._local_loss_and_gradient()
-        both = self._all_reduced(lambda: torch.cat([v.reshape(-1) for v in self._local_loss_and_gradient()]), self.size + 1)
+        both = self._all_reduced(lambda: torch.cat([v.reshape(-1).to(self._dtype) for v in self._local_loss_and_gradient()]), self.size + 1)
         self._settle()
         return both[0], both[1:]
 

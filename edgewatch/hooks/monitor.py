@@ -156,7 +156,9 @@ class Monitor:
         self.cheap = Schedule(every=every)
         self.curvature_schedule = curvature if isinstance(curvature, Schedule) else Schedule(every=curvature)
         self.process_group = probe_group(process_group)
-        self.main_process = is_main_process() if main_process is None else bool(main_process)
+        if main_process is None:  # a rank measuring alone (process_group=False) logs its own run
+            main_process = process_group is False or is_main_process()
+        self.main_process = bool(main_process)
         self.curvature = CurvatureProbe(
             model, optimizer, loss_fn, probe, k=k, tol=tol, max_hvps=max_hvps, method=method, seed=seed, train=train,
             process_group=False if self.process_group is None else self.process_group,
@@ -165,7 +167,7 @@ class Monitor:
         self.detectors = list(default_detectors() if detectors is None else detectors)
         self.callbacks = list(callbacks)
         self.stop_on = set(check_stop_on(stop_on, self.detectors))
-        self.step_count = 0
+        self._step_count = 0
         self.events: list[Event] = []
         self.latest: dict[str, float] = {}
         self.grad_scaler = grad_scaler
@@ -174,7 +176,9 @@ class Monitor:
         self._previous = [p.detach().clone() for p in self._params] if track_updates else None
         self._loss: Tensor | None = None
         self._named = _unwrap(model)  # names as in the module itself, not "module.…" of a DDP wrapper
-        self._recorder: GradientRecorder | None = GradientRecorder(self._named, self._params)  # counts the first step
+        self._recorder: GradientRecorder | None = GradientRecorder(self._named, self._params)
+        self._arm()
+        self._snapshot_fresh = True  # _previous holds θ before the coming step (not yet consumed)
         self._hooks: list = []
         self._warned: set[str] = set()
         if isinstance(loggers, (str, Logger)):
@@ -188,6 +192,21 @@ class Monitor:
         self._logged_until = 0  # the last step whose records went to the loggers
 
     @property
+    def step_count(self) -> int:
+        """Optimizer steps taken; trainer integrations set it to the trainer's global step."""
+        return self._step_count
+
+    @step_count.setter
+    def step_count(self, value: int) -> None:
+        self._step_count = value
+        self._arm()
+
+    def _arm(self) -> None:
+        """Gradients are read only in backward passes before a step with cheap metrics."""
+        if self._recorder is not None:
+            self._recorder.armed = self.cheap(self._step_count + 1)
+
+    @property
     def run_dir(self) -> Path | None:
         """The JSONL run directory (``None`` with ``run_dir=False``); final once the first step is logged."""
         return self._jsonl.run_dir if self._jsonl is not None else None
@@ -198,6 +217,7 @@ class Monitor:
         if not self._hooks:
             if self._recorder is None:
                 self._recorder = GradientRecorder(self._named, self._params)
+                self._arm()
             self._hooks = [
                 self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self._before_step()),
                 self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step()),
@@ -248,36 +268,38 @@ class Monitor:
             # parameters added or unfrozen since: watch them from the next backward on
             self._params = params
             self._previous = [p.detach().clone() for p in params] if self.track_updates else None
+            self._snapshot_fresh = True
             if self._recorder is not None:
                 self._recorder.remove()
                 self._recorder = GradientRecorder(self._named, params)
+                self._arm()
         elif self._previous is not None and self.cheap(self.step_count + 1):
             self._snapshot()
 
     def _snapshot(self) -> None:
         """Copy θ into the buffers ``update/norm`` is measured from."""
-        for previous, param in zip(self._previous, self._params):
-            previous.copy_(param.detach())
+        torch._foreach_copy_(self._previous, [p.detach() for p in self._params])
+        self._snapshot_fresh = True
 
     def _after_step(self) -> dict[str, float]:
         if not self._logging:  # meta records the step the run starts (or resumes) from
             if self.logger.loggers:
                 self.logger.start(run_meta(self))
             self._logging = True
-        self.step_count += 1
-        step = self.step_count
+        self._step_count += 1
+        step = self._step_count
         metrics: dict[str, Any] = {}
         if self.cheap(step):
-            metrics.update(self._guarded("metrics", self._cheap_metrics))
+            cheap = self._guarded("metrics", self._cheap_metrics)
             if self.process_group is not None:  # outside the guard above: every rank must take part
-                metrics.update(self._guarded("metrics", self._loss_over_ranks))
+                cheap = self._guarded("metrics", lambda: self._agreed_over_ranks(cheap))
+            metrics.update(cheap)
         if self.curvature_schedule(step):
             metrics.update(self._guarded("curvature", self.curvature.measure))
             if "loss" not in metrics and "curvature/probe_loss" in metrics:
                 metrics["loss"] = metrics["curvature/probe_loss"]
         self._loss = None
-        if self._recorder is not None:  # gradients are read only for steps that measure them
-            self._recorder.armed = self.cheap(step + 1)
+        self._arm()
         if self._previous is not None and not self._hooks:  # explicit path: no pre-step hook
             self._snapshot()
         if not metrics:
@@ -304,20 +326,27 @@ class Monitor:
             metrics["loss"] = self._loss
         for index, group in enumerate(self.optimizer.param_groups):
             metrics["lr" if index == 0 else f"lr/group_{index}"] = float(group["lr"])
-        metrics["param/*"] = parameter_and_update_norms(self._params, self._previous)
+        # The norms consume the snapshot; after a detach() or a failed step none is fresh.
+        previous = self._previous if self._snapshot_fresh else None
+        self._snapshot_fresh = False
+        metrics["param/*"] = parameter_and_update_norms(self._params, previous)
         fraction = adam_epsilon_fraction(self.optimizer)
         if fraction is not None:
             metrics["adam/epsilon_fraction"] = fraction
         return metrics
 
-    def _loss_over_ranks(self) -> dict[str, Tensor]:
-        """The observed loss averaged over the ranks (one scalar all-reduce, on every rank alike).
+    def _agreed_over_ranks(self, cheap: dict[str, Any]) -> dict[str, Any]:
+        """The cheap metrics with the loss averaged over the ranks, or, when they failed on any
+        rank, on none (one small all-reduce on every rank alike, and one host read of its count).
 
         The mean of the ranks' mean losses, as DDP's gradient is the mean of theirs; with it every
-        rank's detectors see the same numbers.
+        rank's detectors see the same numbers and ``stop_on`` stops every rank at the same step.
         """
-        loss = mean_over_ranks(self._loss, self.process_group, self.curvature.hessian.device)
-        return {} if loss is None else {"loss": loss}
+        loss, failures = mean_over_ranks(self._loss, self.process_group, self.curvature.hessian.device,
+                                         failed="metrics/failed" in cheap)
+        if failures.item():
+            return {"metrics/failed": 1.0}
+        return cheap if loss is None else {**cheap, "loss": loss}
 
     def _guarded(self, what: str, measure: Callable[[], dict]) -> dict:
         """A probe that fails must not stop training: warn once per kind of failure, go on."""

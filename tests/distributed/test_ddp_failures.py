@@ -36,8 +36,9 @@ class Flaky:
         return cases.cross_entropy(model, batch)
 
 
-def train(rank: int, method: str | None, failures: dict[int, tuple[int, int]]) -> dict:
-    """A DDP run; ``failures[step] = (rank, n)``: on that step's probe, ``rank`` raises at its n-th loss call."""
+def train(rank: int, method: str | None, failures: dict[int, tuple[int, int]], cheap_failure: tuple[int, int] | None = None) -> dict:
+    """A DDP run; ``failures[step] = (rank, n)``: on that step's probe, ``rank`` raises at its n-th loss call;
+    ``cheap_failure = (rank, step)``: the cheap metrics raise on that rank at that step."""
     model = cases.mlp(seed=0, hidden=16)
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.3)
@@ -46,6 +47,15 @@ def train(rank: int, method: str | None, failures: dict[int, tuple[int, int]]) -
     if method is not None:
         monitor = Monitor(ddp, optimizer, loss_fn, probe_shard(rank), curvature=Schedule(every=EVERY), method=method,
                           k=1, tol=1e-9, max_hvps=12, run_dir=False).attach()
+        if cheap_failure is not None and cheap_failure[0] == rank:
+            measure = monitor._cheap_metrics
+
+            def flaky_cheap_metrics():
+                if monitor.step_count == cheap_failure[1]:
+                    raise RuntimeError(f"cheap metrics fail on rank {rank}")
+                return measure()
+
+            monitor._cheap_metrics = flaky_cheap_metrics
     record = {"latest": [], "hvps": []}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -72,7 +82,8 @@ def _worker(rank: int, world_size: int, out: str) -> None:
         "plain": train(rank, None, {}),
         # step 4: rank 1 raises in the 3rd product of the Lanczos solve (call 1 is the loss and gradient);
         # step 8: rank 0 raises in the loss and gradient; step 12: nobody.
-        "lanczos": train(rank, "forward_over_reverse", {4: (1, 4), 8: (0, 1)}),
+        # step 6 (no probe): the cheap metrics raise on rank 1 only.
+        "lanczos": train(rank, "forward_over_reverse", {4: (1, 4), 8: (0, 1)}, cheap_failure=(1, 6)),
         # step 4: rank 1 raises while "auto" times the methods, at the first product of all.
         "auto": train(rank, "auto", {4: (1, 2)}),
     }
@@ -99,8 +110,9 @@ def test_a_failure_on_one_rank_fails_the_probe_on_every_rank_and_training_goes_o
     rank0, rank1 = ranks[0]["lanczos"], ranks[1]["lanczos"]
     assert rank0["latest"] == rank1["latest"] and rank0["hvps"] == rank1["hvps"]
     # Every rank warns once per probe that failed: the failing rank with its own error.
-    assert len(rank1["warnings"]) == 2 and "RuntimeError: boom on rank 1" in rank1["warnings"][0]
-    assert "DistributedProbeError" in rank1["warnings"][1]
+    rank1_probe_warnings = [w for w in rank1["warnings"] if "cheap metrics fail" not in w]
+    assert len(rank1_probe_warnings) == 2 and "RuntimeError: boom on rank 1" in rank1_probe_warnings[0]
+    assert "DistributedProbeError" in rank1_probe_warnings[1]
     assert len(rank0["warnings"]) == 2 and "DistributedProbeError" in rank0["warnings"][0]
     assert "RuntimeError: boom on rank 0" in rank0["warnings"][1]
     assert "failed on 1 of 2 ranks" in rank0["warnings"][0]
@@ -116,3 +128,12 @@ def test_a_failure_while_auto_times_the_methods_is_agreed_too(ranks):
     assert ranks[0]["auto"]["latest"] == ranks[1]["auto"]["latest"]
     assert any("boom on rank 1" in w for w in ranks[1]["auto"]["warnings"])
     assert any("DistributedProbeError" in w for w in ranks[0]["auto"]["warnings"])
+
+
+def test_cheap_metrics_failing_on_one_rank_are_dropped_on_every_rank(ranks):
+    for result in ranks:
+        run = result["lanczos"]
+        assert run["latest"][5] == {"metrics/failed": 1.0}  # step 6: nothing one rank alone measured
+        assert "grad/norm" in run["latest"][4] and "grad/norm" in run["latest"][6]
+    assert ranks[0]["lanczos"]["latest"][5] == ranks[1]["lanczos"]["latest"][5]
+    assert any("cheap metrics fail on rank 1" in w for w in ranks[1]["lanczos"]["warnings"])

@@ -106,8 +106,7 @@ def test_a_backward_that_raises_does_not_stop_later_measurements():
     loss = F.cross_entropy(model[2](model[1](Boom.apply(model[0](torch.randn(4, 6))))), torch.tensor([0, 1, 2, 0]))
     with pytest.raises(RuntimeError, match="boom"):
         loss.backward()
-    recorder.metrics()
-    model.zero_grad()
+    model.zero_grad()  # a loop that skips the failed batch: no metrics() in between
     _loss(model, 0).backward()
     assert recorder.metrics()["grad/norm"] == pytest.approx(_norm(p.grad for p in model.parameters()), rel=1e-6)
 
@@ -149,5 +148,45 @@ def test_the_monitor_reads_gradients_only_for_steps_it_measures(monkeypatch):
         optimizer.step()
         if step % 4 == 0:
             assert monitor.latest["grad/norm"] == pytest.approx(norms[step], rel=1e-6)
-    assert len(measured) == 3 + 1  # steps 4, 8, 12, and step 1 (armed before the first step is known)
+    assert len(measured) == 3  # steps 4, 8 and 12 only
     monitor.close()
+
+
+def _watched(**kwargs):
+    import edgewatch as ew
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))]
+    monitor = ew.Monitor(model, optimizer, lambda m, b: F.cross_entropy(m(b[0]), b[1]), probe,
+                         curvature=1000, run_dir=False, **kwargs)
+    return model, optimizer, monitor
+
+
+def test_update_norm_after_detach_is_left_out_once_then_right_again():
+    model, optimizer, monitor = _watched()
+    monitor.attach()
+    for step in (1, 2):
+        optimizer.zero_grad()
+        _loss(model, step).backward()
+        optimizer.step()
+    monitor.detach()  # the explicit path from here on: no pre-step snapshot any more
+    updates = []
+    for step in (3, 4):
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        _loss(model, step).backward()
+        optimizer.step()
+        updates.append((monitor.step(), _norm(p.detach() - q for p, q in zip(model.parameters(), before))))
+    (first, _), (second, true_update) = updates
+    assert "update/norm" not in first and "param/norm" in first  # its snapshot was used up at step 2
+    assert second["update/norm"] == pytest.approx(true_update, rel=1e-5)
+
+
+def test_a_rank_measuring_alone_logs_its_own_run(monkeypatch, tmp_path):
+    from edgewatch.hooks import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "is_main_process", lambda: False)  # as on rank 1 of a group
+    assert not _watched()[2].main_process
+    assert _watched(process_group=False)[2].main_process
+    assert not _watched(process_group=False, main_process=False)[2].main_process

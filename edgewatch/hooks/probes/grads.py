@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 __all__ = ["GradientRecorder", "HostReduction", "adam_epsilon_fraction", "module_of", "parameter_and_update_norms"]
 
+
 def module_of(name: str) -> str:
     """The module path that owns parameter ``name`` ("" for parameters of the root)."""
     return name.rpartition(".")[0]
@@ -69,7 +70,7 @@ class GradientRecorder:
         self._module_names = list(dict.fromkeys(modules))
         self._module_of = [self._module_names.index(module) for module in modules]
         self._fresh: dict[int, Tensor] = {}  # parameter index -> parameter, in this backward pass
-        self._queued = False
+        self._queued_in: int | None = None  # the backward pass (graph task) the measurement is queued in
         self._norms: dict[int, Tensor] = {}  # parameter index -> 0-dim norm, since the last metrics()
         self._handles = [p.register_post_accumulate_grad_hook(self._hook(index)) for index, (_, p) in enumerate(named)]
 
@@ -77,13 +78,15 @@ class GradientRecorder:
         def noted(param: Tensor) -> None:
             if not self.armed:
                 return
-            self._fresh[index] = param
-            if not self._queued:
-                self._queued = True
+            task = torch._C._current_graph_task_id()
+            if task != self._queued_in:  # the first new gradient of this backward pass
+                # (a pass that raised never ran its callback: this one queues its own)
+                self._queued_in = task
                 try:
                     _run_after_backward(self._after_callbacks)
                 except Exception:  # noqa: BLE001 - a metric must never break the user's backward()
-                    self._queued = False
+                    self._queued_in = None
+            self._fresh[index] = param
 
         return noted
 
@@ -93,7 +96,7 @@ class GradientRecorder:
         _run_after_backward(self._measure)
 
     def _measure(self) -> None:
-        fresh, self._fresh, self._queued = self._fresh, {}, False
+        fresh, self._fresh, self._queued_in = self._fresh, {}, None
         try:
             indices = [i for i, p in fresh.items() if p.grad is not None]
             grads = [_dense(fresh[i].grad.detach()) for i in indices]
@@ -113,7 +116,6 @@ class GradientRecorder:
         """The gradient norms since the last call, as one device vector finished on the host into
         ``grad/norm``, ``grad/norm/<module>`` and ``grad/nonfinite_params`` (parameter tensors whose
         gradient has a NaN or inf entry); ``scale`` (a loss scale) is divided out. None: no new ones."""
-        self._queued = False  # a backward that raised never ran its callbacks
         if not self._norms:
             return None
         indices = list(self._norms)
