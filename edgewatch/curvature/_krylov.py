@@ -87,6 +87,7 @@ class LanczosProcess:
         self._projected = np.zeros((rows, rows))
         self._beta = 0.0  # norm of the residual of the last step, along the pending basis vector
         self._set_aside: list[tuple[int, Tensor]] = []  # (step j, w_j) for restarts with w_j != 0
+        self._terms: tuple[int, tuple | None] = (-1, None)  # (size, _residual_terms) of the last ritz()
         self._scale = 0.0  # running estimate of ||H||, for the breakdown test
         self._eps = float(torch.finfo(op.dtype).eps)
 
@@ -158,10 +159,12 @@ class LanczosProcess:
     def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ritz values θ (ascending), vectors S of T_m (columns), and residuals ‖HQs − θQs‖."""
         theta, s = np.linalg.eigh(self.projected)
-        return theta, s, self._residual_norms(s)
+        self._terms = (self._size, self._residual_terms(s))
+        return theta, s, self._residual_norms(self._terms[1], s.shape[1])
 
-    def steer(self, s: np.ndarray, bars: np.ndarray) -> bool:
-        r"""Continue along the residual of the pair among ``s`` (columns) furthest from its tolerance.
+    def steer(self, pairs: np.ndarray, bars: np.ndarray) -> bool:
+        r"""Continue along the residual of the pair among ``pairs`` (indices into the Ritz pairs of
+        the last :meth:`ritz`) furthest from its tolerance.
 
         Without restarts every Ritz residual lies along the pending basis vector, and the next
         Lanczos step is the step that reduces it. After a restart (verification, breakdown) part of
@@ -176,10 +179,11 @@ class LanczosProcess:
             return False
         if len(self._set_aside) >= _MAX_SET_ASIDE:  # each one costs a projection per step from now on
             return False
-        terms = self._residual_terms(s)
-        if terms is None or terms[0][0] is not None:
+        size, terms = self._terms
+        if size != self._size or terms is None or not terms[0]:  # no ritz() since the last step, or no pending part
             return False
         _, weights, directions, gram = terms
+        weights = weights[:, pairs]
         squares = np.maximum(np.einsum("pi,pq,qi->i", weights, gram, weights), 0.0)
         worst = int(np.argmax(squares / np.maximum(bars, 1e-300) ** 2))
         pending = weights[0, worst] ** 2 * gram[0, 0]
@@ -189,34 +193,32 @@ class LanczosProcess:
         self._restart_from(self._size - 1, self._beta * self._basis[self._size], direction=residual)
         return True
 
-    def _residual_norms(self, s: np.ndarray) -> np.ndarray:
-        terms = self._residual_terms(s)
+    @staticmethod
+    def _residual_norms(terms: tuple | None, count: int) -> np.ndarray:
         if terms is None:
-            return np.zeros(s.shape[1])
+            return np.zeros(count)
         _, a, _, gram = terms
         return np.sqrt(np.maximum(np.einsum("pi,pq,qi->i", a, gram, a), 0.0))
 
-    def _residual_terms(self, s: np.ndarray) -> tuple[list[int | None], np.ndarray, Tensor, np.ndarray] | None:
-        """residual_i = Σ_l a[l, i] u_l: the sources of the u_l (None: the pending basis vector,
-        else an index into the set-aside list), a (p, k), the u_l (p, n) and their Gram matrix."""
+    def _residual_terms(self, s: np.ndarray) -> tuple[bool, np.ndarray, Tensor, np.ndarray] | None:
+        """residual_i = Σ_l a[l, i] u_l: whether u_0 is the pending basis vector (the others are the
+        directions set aside, projected), a (p, k), the u_l (p, n) and their Gram matrix."""
         m = self._size
-        sources: list[int | None] = []
         directions, weights = [], []
-        if self._beta > 0 and m < self.dimension:
-            sources.append(None)
+        pending = self._beta > 0 and m < self.dimension
+        if pending:
             directions.append(self._basis[m])
             weights.append(self._beta * s[m - 1])
         if self._set_aside:
             basis = self.basis
-            for index, (j, w) in enumerate(self._set_aside):
-                sources.append(index)
+            for j, w in self._set_aside:
                 directions.append(project_out(w, basis))
                 weights.append(s[j])
         if not directions:
             return None
         u = torch.stack(directions)  # (p, n)
         gram = (u @ u.T).cpu().double().numpy()  # (p, p)
-        return sources, np.stack(weights), u, gram
+        return pending, np.stack(weights), u, gram
 
     def _restart_from(self, j: int, set_aside: Tensor | None, direction: Tensor | None = None) -> None:
         if set_aside is not None:

@@ -174,7 +174,7 @@ def lanczos(
         if verifying_from is None and not met:
             # The pairs still short of tol may owe their residual to a direction set aside at a
             # restart, which the Krylov space of the new direction would never reduce.
-            process.steer(s[:, chosen], bar)
+            process.steer(chosen, bar)
 
     ritz = torch.as_tensor(s[:, chosen], dtype=op.dtype, device=op.device)  # (m, k)
     eigenvectors = process.basis.T @ ritz  # (n, k)

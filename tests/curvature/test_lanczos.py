@@ -220,9 +220,10 @@ def test_steer_resumes_the_direction_set_aside_at_a_restart():
     for _ in range(14):
         plain.step()
         wandering.step()
-        _, s, _ = steered.ritz()
-        switched = steered.steer(s[:, -1:], np.array([1e-8]))
-        assert not (switched and steered.steer(s[:, -1:], np.array([1e-8])))  # not twice without a step
+        theta, _, _ = steered.ritz()
+        top = np.array([len(theta) - 1])
+        switched = steered.steer(top, np.array([1e-8]))
+        assert not (switched and steered.steer(top, np.array([1e-8])))  # not twice without a step
         steers += switched
         steered.step()
     assert 1 <= steers <= 7  # it steers while the set-aside part matters, then plain Lanczos again
