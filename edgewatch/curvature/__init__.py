@@ -15,6 +15,7 @@ from edgewatch.curvature.preconditioned import PreconditionedOperator
 from edgewatch.curvature.density import SpectralDensity, spectral_density
 from edgewatch.curvature.lanczos import EigenResult, lanczos
 from edgewatch.curvature.power import power_iteration
+from edgewatch.curvature.refine import refine
 from edgewatch.curvature.trace import TraceResult, hutchinson_trace, hutchpp_trace
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "hutchpp_trace",
     "lanczos",
     "power_iteration",
+    "refine",
     "spectral_density",
 ]
