@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Union
 
 import torch
@@ -161,20 +162,26 @@ def weighted_mean(local: Tensor, weight: float, failed: bool, group: ProcessGrou
 
 
 def mean_over_ranks(
-    value: Tensor | None, group: ProcessGroup, device: torch.device, failed: bool = False
-) -> tuple[Tensor | None, Tensor]:
-    """The mean of a scalar over the ranks that have one (``None`` where this rank has none), and
-    how many ranks report ``failed``, with one all-reduce (both stay on the device).
+    value: Tensor | None, group: ProcessGroup, device: torch.device, failed: bool = False,
+    extra: Sequence[float] = (),
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The mean of a scalar over the ranks that have one (``None`` where this rank has none), how
+    many ranks report ``failed``, and the mean of ``extra`` over the ranks, with one all-reduce
+    (all stay on the device).
 
-    Every rank must call it, with or without a value, so the collective always matches up.
+    Every rank must call it, with or without a value and with as many ``extra``, so the collective
+    always matches up.
     """
-    buffer = torch.zeros(3, dtype=torch.float64, device=device)
+    buffer = torch.zeros(3 + len(extra), dtype=torch.float64, device=device)
     if value is not None:
         buffer[0] = value.detach().reshape(()).to(device)
         buffer[1] = 1.0
     buffer[2] = float(failed)
+    if extra:
+        buffer[3:] = torch.tensor(list(extra), dtype=torch.float64)
     torch.distributed.all_reduce(buffer, group=group)
-    return (None if value is None else buffer[0] / buffer[1]), buffer[2]
+    world = torch.distributed.get_world_size(group)
+    return (None if value is None else buffer[0] / buffer[1]), buffer[2], buffer[3:] / world
 
 
 def max_over_ranks(values: Tensor, group: ProcessGroup) -> Tensor:

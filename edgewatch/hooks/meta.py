@@ -13,6 +13,7 @@ from torch import Tensor
 
 from edgewatch.curvature._base import _unwrap
 from edgewatch.distributed import world_size
+from edgewatch.hooks.schedule import Schedule
 from edgewatch.optimizers import UnsupportedOptimizerError, stability
 
 if TYPE_CHECKING:
@@ -59,9 +60,9 @@ def run_meta(monitor: Monitor) -> dict[str, Any]:
             "curvature_parameters": probe.hessian.size,
         },
         "schedules": {
-            "every": monitor.cheap.every,
-            "curvature": {"every": monitor.curvature_schedule.every, "dense_until": monitor.curvature_schedule.dense_until,
-                          "per_decade": monitor.curvature_schedule.per_decade},
+            "every": monitor._every if monitor._every is not None else "budget",
+            "curvature": _describe(monitor.curvature_schedule),
+            "budget": monitor.budget.fraction,
         },
         "curvature": {"k": probe.k, "tol": probe.tol, "max_hvps": probe.max_hvps, "method": probe.hessian.method or "auto",
                       "seed": probe.hessian.seed, "train": probe.hessian.train},
@@ -81,6 +82,15 @@ def run_meta(monitor: Monitor) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 - a description of the run must not stop the run
         meta["optimizer"]["stability"] = {"error": f"{type(error).__name__}: {error}"}
     return meta
+
+
+def _describe(schedule: Any) -> Any:
+    """A curvature schedule as JSON can hold it."""
+    if schedule is None or isinstance(schedule, str):
+        return schedule
+    if isinstance(schedule, Schedule):
+        return {"every": schedule.every, "dense_until": schedule.dense_until, "per_decade": schedule.per_decade}
+    return repr(schedule)
 
 
 def _plain(value: Any) -> Any:

@@ -22,7 +22,9 @@ curvature step (one per product, one for the loss and gradient, one all-gather f
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -43,18 +45,21 @@ from edgewatch.hooks.detectors import (
     attention_logit_growth,
     output_logit_divergence,
 )
+from edgewatch.hooks.budget import PENDING_FIELDS, Budget, Kind
 from edgewatch.hooks.events import KINDS, Detector, Event
+from edgewatch.hooks.history import History
 from edgewatch.hooks.meta import run_meta
 from edgewatch.hooks.probes.curvature import CurvatureProbe
 from edgewatch.hooks.probes.grads import GradientRecorder, HostReduction, adam_epsilon_fraction, parameter_and_update_norms
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.loggers import JsonlLogger, Logger, MultiLogger, make_logger
 
-__all__ = ["DEFAULT_CURVATURE_SCHEDULE", "Monitor", "StopTraining", "default_detectors"]
+__all__ = ["Monitor", "StopTraining", "default_detectors"]
 
-#: Curvature every 16 steps, and log-spaced (4 per decade) over the first 100, where early
-#: curvature decides stability (Gilmer et al. 2022).
-DEFAULT_CURVATURE_SCHEDULE = Schedule(every=16, dense_until=100, per_decade=4)
+CurvatureSchedule = Literal["budget"] | Schedule | int | Callable[[int], bool] | None
+
+# Above this projected share of training time, a fixed curvature schedule gets a warning.
+_COSTLY_SCHEDULE = 0.5
 
 
 class StopTraining(RuntimeError):
@@ -87,9 +92,23 @@ class Monitor:
         model, optimizer: what is trained; the optimizer must update parameters of the model.
         loss_fn: ``loss_fn(model, batch) -> scalar``, the training loss on one batch.
         probe: the fixed list of batches curvature is measured on.
-        every: cheap metrics every this many steps (1: every step).
-        curvature: a :class:`Schedule` (or an int N for every N steps) for the curvature probe;
-            default every 16 steps, log-spaced over the first 100.
+        every: cheap metrics every this many steps (default 1: every step); ``None`` lets the
+            budget choose: every step while they cost at most half of it, else every N-th step,
+            the smallest N that fits (for steps so short that a few hundred microseconds matter).
+        norms_every: the parameter and update norms and Adam's ε share, which read the whole
+            model (a θ snapshot and three passes over it), on every this-many-th step with cheap
+            metrics: default 10 (steps 1, 11, 21, … with ``every=1``), which cuts their cost
+            tenfold; 1 takes them with every step's. ``update/norm`` is always one step's update.
+        curvature: when to probe curvature. ``"budget"`` (default): as the overhead budget
+            allows (:mod:`~edgewatch.hooks.budget`): a full solve at step 0 (at :meth:`attach`),
+            points at steps 3, 10, 30 and 100, then as often as ``budget`` pays for, every 8th a
+            full solve and the others streamed. A fixed schedule is followed exactly as given, with
+            full solves: an int N (every N steps), a :class:`Schedule`, or a callable
+            ``step -> bool``. ``None``: no curvature.
+        budget: the share of the training loop's wall time the Monitor may spend on itself
+            (cheap metrics, probes, detectors, logging), default 5%. With a fixed schedule it is
+            only measured: ``monitor.overhead`` and ``monitor/overhead`` report it either way.
+        history: points kept per metric in :attr:`history` (evenly thinned beyond that).
         k, tol, max_hvps, method, seed, train: see :class:`CurvatureProbe`.
         detectors: the event detectors; default :func:`default_detectors`.
         callbacks: called with every :class:`Event` as it happens.
@@ -121,6 +140,15 @@ class Monitor:
 
     ``state_dict()`` holds tensors (warm-start vectors): save it with ``torch.save``.
 
+    What a step's numbers mean: the metrics logged at step t are measured after the t-th
+    ``optimizer.step()``, at θ_t, with the optimizer state of that moment (Adam's preconditioner
+    P_t, bias-corrected with the optimizer's own step count): curvature, its probe loss and the
+    preconditioner all at θ_t. The gradient norms and the training loss at step t are those of
+    the backward pass that produced update t (at θ_{t-1}), as a training loop reports them.
+    Step 0 is θ_0 before any update, measured at :meth:`attach`; an adaptive optimizer has no
+    preconditioner yet, so step 0 has no preconditioned sharpness, threshold or ratio (they
+    appear from step 1 on).
+
     Raises:
         ValueError: an optimizer that updates parameters outside the model (or none of it), a
             probe batch that does not fit the model (the message names it), unknown ``stop_on``.
@@ -133,8 +161,11 @@ class Monitor:
         loss_fn: LossFn,
         probe: Iterable[Any],
         *,
-        every: int = 1,
-        curvature: Schedule | int = DEFAULT_CURVATURE_SCHEDULE,
+        every: int | None = 1,
+        curvature: CurvatureSchedule = "budget",
+        norms_every: int = 10,
+        budget: float = 0.05,
+        history: int = 2048,
         k: int = 1,
         tol: float = 1e-3,
         max_hvps: int = 100,
@@ -153,8 +184,11 @@ class Monitor:
     ) -> None:
         _check_optimizer(model, optimizer)
         self.model, self.optimizer = model, optimizer
-        self.cheap = Schedule(every=every)
-        self.curvature_schedule = curvature if isinstance(curvature, Schedule) else Schedule(every=curvature)
+        self.budget = Budget(budget)
+        self._every = _check_every(every)
+        self._norms_every = _check_every(norms_every, "norms_every")
+        self.curvature_schedule = _curvature_schedule(curvature)
+        self._next_cheap = 1  # with every=None: the next step whose cheap metrics are due
         self.process_group = probe_group(process_group)
         if main_process is None:  # a rank measuring alone (process_group=False) logs its own run
             main_process = process_group is False or is_main_process()
@@ -169,7 +203,11 @@ class Monitor:
         self.stop_on = set(check_stop_on(stop_on, self.detectors))
         self._step_count = 0
         self.events: list[Event] = []
+        #: The last value of every metric ever measured (``latest_step``: its step).
         self.latest: dict[str, float] = {}
+        self.latest_step: dict[str, int] = {}
+        #: Every metric's series, ``history[name].steps`` and ``.values`` (bounded, evenly thinned).
+        self.history = History(history)
         self.grad_scaler = grad_scaler
         self.track_updates = track_updates
         self._params = _optimized(optimizer)
@@ -189,7 +227,11 @@ class Monitor:
             self.logger = MultiLogger([])
         self._jsonl = next((lg for lg in self.logger.loggers if isinstance(lg, JsonlLogger)), None)
         self._logging = False
-        self._logged_until = 0  # the last step whose records went to the loggers
+        self._logged_until = -1  # the last step whose records went to the loggers
+        self._cheap_taken = 0  # steps with cheap metrics so far (every 10th takes the slow ones)
+        self._step_own = 0.0  # this step's own time outside curvature probes
+        self._warned_schedule = False
+        self._device_sync = _synchronizer(self.curvature.hessian.device)
 
     @property
     def step_count(self) -> int:
@@ -199,12 +241,27 @@ class Monitor:
     @step_count.setter
     def step_count(self, value: int) -> None:
         self._step_count = value
+        self._next_cheap = min(self._next_cheap, value + 1)
         self._arm()
+
+    @property
+    def overhead(self) -> float:
+        """The Monitor's own wall time over the training loop's so far (0.05: 5% slower)."""
+        return self.budget.overhead
+
+    def _cheap_due(self, step: int) -> bool:
+        if self._every is not None:
+            return step % self._every == 0
+        return step >= self._next_cheap
+
+    def _slow_due(self, step: int) -> bool:
+        """Parameter and update norms, Adam's ε share: on every ``norms_every``-th step with cheap metrics."""
+        return self._cheap_due(step) and self._cheap_taken % self._norms_every == 0
 
     def _arm(self) -> None:
         """Gradients are read only in backward passes before a step with cheap metrics."""
         if self._recorder is not None:
-            self._recorder.armed = self.cheap(self._step_count + 1)
+            self._recorder.armed = self._cheap_due(self._step_count + 1)
 
     @property
     def run_dir(self) -> Path | None:
@@ -213,7 +270,12 @@ class Monitor:
 
     # -- attaching ------------------------------------------------------------------------------
     def attach(self) -> Monitor:
-        """Measure after every ``optimizer.step()`` (step pre- and post-hooks); returns self."""
+        """Measure after every ``optimizer.step()`` (step pre- and post-hooks); returns self.
+
+        Under the default ``curvature="budget"``, attached before the first step (step count 0),
+        it first measures θ_0 in full: curvature, the probe's loss and logits. With a fixed
+        schedule, call :meth:`measure` before training for θ_0.
+        """
         if not self._hooks:
             if self._recorder is None:
                 self._recorder = GradientRecorder(self._named, self._params)
@@ -222,6 +284,8 @@ class Monitor:
                 self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self._before_step()),
                 self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step()),
             ]
+            if self._step_count == 0 and self.curvature_schedule == "budget" and "curvature/probe_loss" not in self.latest_step:
+                self._measure_now()
         return self
 
     def detach(self) -> None:
@@ -253,28 +317,56 @@ class Monitor:
         self._loss = loss.detach().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
 
     def step(self, loss: Tensor | float | None = None) -> dict[str, float]:
-        """The explicit path: call after ``optimizer.step()`` instead of :meth:`attach`."""
+        """The explicit path: call after ``optimizer.step()`` instead of :meth:`attach`; returns the
+        metrics measured at this step."""
         if self._hooks:
             raise RuntimeError("the Monitor is attached and measures after optimizer.step() by itself; don't call step() too")
         if loss is not None:
             self.observe(loss)
         return self._after_step()
 
+    def measure(self) -> dict[str, float]:
+        """A full curvature probe now, at the current parameters and step; logged, detected on and
+        kept like any other, its time counted in the overhead. Returns its metrics.
+
+        Under ``torch.distributed`` every rank must call it at the same step.
+        """
+        return self._measure_now()
+
     # -- measuring ------------------------------------------------------------------------------
+    def _measure_now(self) -> dict[str, float]:
+        self.budget.enter()
+        try:
+            self._start_logging()
+            metrics = self._probe("full")
+            return self._publish(metrics, self._step_count) if metrics else {}
+        finally:
+            self.budget.leave()
+
+    def _start_logging(self) -> None:
+        if not self._logging:  # meta records the step the run starts (or resumes) from
+            if self.logger.loggers:
+                self.logger.start(run_meta(self))
+            self._logging = True
+
     def _before_step(self) -> None:
         """θ just before the step, for ``update/norm`` (also right after a checkpoint load)."""
-        params = _optimized(self.optimizer)
-        if len(params) != len(self._params) or any(p is not q for p, q in zip(params, self._params)):
-            # parameters added or unfrozen since: watch them from the next backward on
-            self._params = params
-            self._previous = [p.detach().clone() for p in params] if self.track_updates else None
-            self._snapshot_fresh = True
-            if self._recorder is not None:
-                self._recorder.remove()
-                self._recorder = GradientRecorder(self._named, params)
-                self._arm()
-        elif self._previous is not None and self.cheap(self.step_count + 1):
-            self._snapshot()
+        self.budget.enter()
+        try:
+            params = _optimized(self.optimizer)
+            if len(params) != len(self._params) or any(p is not q for p, q in zip(params, self._params)):
+                # parameters added or unfrozen since: watch them from the next backward on
+                self._params = params
+                self._previous = [p.detach().clone() for p in params] if self.track_updates else None
+                self._snapshot_fresh = True
+                if self._recorder is not None:
+                    self._recorder.remove()
+                    self._recorder = GradientRecorder(self._named, params)
+                    self._arm()
+            elif self._previous is not None and self._slow_due(self.step_count + 1):
+                self._snapshot()
+        finally:
+            self._step_own += self.budget.leave()
 
     def _snapshot(self) -> None:
         """Copy θ into the buffers ``update/norm`` is measured from."""
@@ -282,38 +374,100 @@ class Monitor:
         self._snapshot_fresh = True
 
     def _after_step(self) -> dict[str, float]:
-        if not self._logging:  # meta records the step the run starts (or resumes) from
-            if self.logger.loggers:
-                self.logger.start(run_meta(self))
-            self._logging = True
-        self._step_count += 1
-        step = self._step_count
-        metrics: dict[str, Any] = {}
-        if self.cheap(step):
-            cheap = self._guarded("metrics", self._cheap_metrics)
-            if self.process_group is not None:  # outside the guard above: every rank must take part
-                cheap = self._guarded("metrics", lambda: self._agreed_over_ranks(cheap))
-            metrics.update(cheap)
-        if self.curvature_schedule(step):
-            metrics.update(self._guarded("curvature", self.curvature.measure))
-            if "loss" not in metrics and "curvature/probe_loss" in metrics:
-                metrics["loss"] = metrics["curvature/probe_loss"]
-        self._loss = None
-        self._arm()
-        if self._previous is not None and not self._hooks:  # explicit path: no pre-step hook
-            self._snapshot()
-        if not metrics:
-            return {}
-        self.latest = _to_host(metrics)
+        if self._device_sync is not None and self._cheap_due(self._step_count + 1):
+            self._device_sync()  # one sync per measured step: the training's queued kernels are training time
+        self.budget.enter()
+        probe_seconds, cheap_due = 0.0, False
+        try:
+            self._start_logging()
+            self._step_count += 1
+            step = self._step_count
+            metrics: dict[str, Any] = {}
+            cheap_due = self._cheap_due(step)
+            if cheap_due:
+                slow = self._cheap_taken % self._norms_every == 0
+                self._cheap_taken += 1
+                cheap = self._guarded("metrics", lambda: self._cheap_metrics(slow))
+                if self.process_group is not None:  # outside the guard above: every rank must take part
+                    cheap = self._guarded("metrics", lambda: self._agreed_over_ranks(cheap))
+                else:
+                    self.budget.settle()
+                metrics.update(cheap)
+            kind = self._curvature_kind(step, cheap_due)
+            if kind is not None:
+                started = self.budget.clock()
+                metrics.update(self._probe(kind))
+                probe_seconds = self.budget.clock() - started
+                if "loss" not in metrics and "curvature/probe_loss" in metrics:
+                    metrics["loss"] = metrics["curvature/probe_loss"]
+            if cheap_due and "metrics/failed" not in metrics:
+                metrics["monitor/overhead"] = self.budget.overhead
+            self._loss = None
+            if cheap_due and self._every is None:
+                self._next_cheap = step + self.budget.update_cheap_every()
+            self._arm()
+            if self._previous is not None and not self._hooks and self._slow_due(step + 1):
+                self._snapshot()  # explicit path: no pre-step hook
+            return self._publish(metrics, step) if metrics else {}
+        finally:
+            own = self.budget.leave() - probe_seconds + self._step_own
+            self._step_own = 0.0
+            self.budget.count_step(own if cheap_due else None)
+
+    def _curvature_kind(self, step: int, settled: bool) -> Kind | None:
+        """What curvature point, if any, the schedule asks for at ``step``."""
+        schedule = self.curvature_schedule
+        if schedule is None:
+            return None
+        if isinstance(schedule, str):
+            return self.budget.curvature_due(step, decide=settled)
+        return "full" if schedule(step) else None
+
+    def _probe(self, kind: Kind) -> dict[str, Any]:
+        """One curvature point, timed and counted against the budget."""
+        started, hvps = self.budget.clock(), self.curvature.hessian.num_hvps
+        # A streamed point that turns out untrustworthy escalates to a full solve only when the
+        # budget can pay for one (decided on settled times, so alike on every rank).
+        escalate = kind == "full" or not isinstance(self.curvature_schedule, str) or self.budget.affords("full")
+        metrics = self._guarded("curvature", lambda: self.curvature.measure(streamed=kind == "stream", escalate=escalate))
+        seconds = self.budget.clock() - started
+        done: Kind = "stream" if metrics.get("curvature/streamed") == 1.0 else "full"
+        self.budget.spent(done, seconds)
+        metrics["monitor/probe_seconds"] = seconds
+        metrics["monitor/probe_hvps"] = float(self.curvature.hessian.num_hvps - hvps)
+        self._check_schedule_cost(seconds)
+        return metrics
+
+    def _check_schedule_cost(self, seconds: float) -> None:
+        """Warn once when a fixed curvature schedule would cost more than half the training time."""
+        schedule, step_seconds = self.curvature_schedule, self.budget.step_seconds
+        if self._warned_schedule or isinstance(schedule, str) or schedule is None or step_seconds <= 0:
+            return
+        self._warned_schedule = True  # checked once, with the first known step time
+        upcoming = range(self._step_count + 1, self._step_count + 1001)
+        share = seconds * sum(bool(schedule(s)) for s in upcoming) / (step_seconds * len(upcoming))
+        if share > _COSTLY_SCHEDULE:
+            warnings.warn(
+                f"edgewatch: one curvature probe takes {seconds * 1e3:.0f} ms = {seconds / step_seconds:.0f} training steps; "
+                f"this fixed schedule would slow training by ~{100 * share:.0f}%. The default, curvature=\"budget\", "
+                f"keeps the Monitor within budget={self.budget.fraction:g} of training time", stacklevel=4,
+            )
+
+    def _publish(self, metrics: dict[str, Any], step: int) -> dict[str, float]:
+        """The step's metrics on the host: kept, logged (once per step), shown to the detectors."""
+        host = _to_host(metrics)
+        self.latest.update(host)
+        self.latest_step.update(dict.fromkeys(host, step))
+        self.history.record(host, step)
         # A step already logged (training rewound to a checkpoint in this process) is not logged twice.
         log = step > self._logged_until
         if log:
             self._logged_until = step
-            self.logger.log(self.latest, step)
-        self._detect(self.latest, step, log)
-        return self.latest
+            self.logger.log(host, step)
+        self._detect(host, step, log)
+        return host
 
-    def _cheap_metrics(self) -> dict[str, Any]:
+    def _cheap_metrics(self, slow: bool = True) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
         if self._recorder is not None:
             scale = 1.0
@@ -326,24 +480,29 @@ class Monitor:
             metrics["loss"] = self._loss
         for index, group in enumerate(self.optimizer.param_groups):
             metrics["lr" if index == 0 else f"lr/group_{index}"] = float(group["lr"])
+        if not slow:
+            return metrics
         # The norms consume the snapshot; after a detach() or a failed step none is fresh.
         previous = self._previous if self._snapshot_fresh else None
         self._snapshot_fresh = False
-        metrics["param/*"] = parameter_and_update_norms(self._params, previous)
-        fraction = adam_epsilon_fraction(self.optimizer)
-        if fraction is not None:
-            metrics["adam/epsilon_fraction"] = fraction
+        # A failing whole-model metric costs only itself (one warning), not grad/norm, loss and lr.
+        metrics.update(self._guarded("param", lambda: {"param/*": parameter_and_update_norms(self._params, previous)}))
+        fraction = self._guarded("adam", lambda: {"adam/epsilon_fraction": adam_epsilon_fraction(self.optimizer)})
+        metrics.update({name: value for name, value in fraction.items() if value is not None})
         return metrics
 
     def _agreed_over_ranks(self, cheap: dict[str, Any]) -> dict[str, Any]:
         """The cheap metrics with the loss averaged over the ranks, or, when they failed on any
-        rank, on none (one small all-reduce on every rank alike, and one host read of its count).
+        rank, on none; and the budget's times averaged over the ranks, so that every rank places
+        its curvature points alike (one small all-reduce on every rank, one host read).
 
         The mean of the ranks' mean losses, as DDP's gradient is the mean of theirs; with it every
         rank's detectors see the same numbers and ``stop_on`` stops every rank at the same step.
         """
-        loss, failures = mean_over_ranks(self._loss, self.process_group, self.curvature.hessian.device,
-                                         failed="metrics/failed" in cheap)
+        loss, failures, budget = mean_over_ranks(self._loss, self.process_group, self.curvature.hessian.device,
+                                                 failed="metrics/failed" in cheap, extra=self.budget.pending())
+        host = budget.tolist()
+        self.budget.settle(host[:PENDING_FIELDS])
         if failures.item():
             return {"metrics/failed": 1.0}
         return cheap if loss is None else {**cheap, "loss": loss}
@@ -375,15 +534,21 @@ class Monitor:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Step count, detector histories and warm-start vectors: a resumed run continues as if never stopped."""
+        """Step count, detector histories, warm-start vectors and the budget's accounts: a resumed
+        run continues as if never stopped (:attr:`history` is not saved; the run directory has it)."""
         return {
             "step_count": self.step_count,
+            "budget": self.budget.state_dict(),
+            "cheap_taken": self._cheap_taken,
             "detectors": [d.state_dict() for d in self.detectors],
             "curvature": self.curvature.state_dict(),
             "events": [e.to_dict() for e in self.events],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.budget.load_state_dict(state.get("budget", {}))
+        self._cheap_taken = int(state.get("cheap_taken", 0))
+        self._next_cheap = 0  # cheap metrics right after the resume, then the budget's cadence
         self.step_count = int(state.get("step_count", 0))
         for detector, detector_state in zip(self.detectors, state.get("detectors", [])):
             detector.load_state_dict(detector_state)
@@ -454,6 +619,38 @@ def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None
             f"the optimizer updates {foreign} of its {len(updated)} parameters outside the model; "
             "build it from model.parameters() of the model you pass to the Monitor"
         )
+
+
+def _check_every(every: int | None, name: str = "every") -> int | None:
+    if every is None and name == "every":
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        allowed = " or None (as the budget allows)" if name == "every" else ""
+        raise ValueError(f"{name} must be a positive number of steps{allowed}, got {every!r}")
+    return every
+
+
+def _curvature_schedule(curvature: CurvatureSchedule) -> Literal["budget"] | Callable[[int], bool] | None:
+    """``curvature=`` as the Monitor uses it: "budget", a callable step -> bool, or None."""
+    if curvature is None or curvature == "budget" or isinstance(curvature, Schedule):
+        return curvature
+    if isinstance(curvature, int) and not isinstance(curvature, bool):
+        if curvature < 1:
+            raise ValueError(f"curvature={curvature}: give a positive number of steps, \"budget\" or None to turn curvature off")
+        return Schedule(every=curvature)
+    if callable(curvature):
+        return curvature
+    raise ValueError(
+        f"curvature must be \"budget\" (the default), a number of steps, a Schedule, a callable step -> bool, "
+        f"or None (off); got {curvature!r}"
+    )
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None] | None:
+    """A device sync for accelerators whose kernels run asynchronously (None on the CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return None
 
 
 def _check_probe_fits(probe: CurvatureProbe) -> None:

@@ -50,10 +50,10 @@ def train(rank: int, method: str | None, failures: dict[int, tuple[int, int]], c
         if cheap_failure is not None and cheap_failure[0] == rank:
             measure = monitor._cheap_metrics
 
-            def flaky_cheap_metrics():
+            def flaky_cheap_metrics(*args):
                 if monitor.step_count == cheap_failure[1]:
                     raise RuntimeError(f"cheap metrics fail on rank {rank}")
-                return measure()
+                return measure(*args)
 
             monitor._cheap_metrics = flaky_cheap_metrics
     record = {"latest": [], "hvps": []}
@@ -97,6 +97,15 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
 
 
+# The tiny every-4-steps schedule of these runs costs more than half the training time: warned once.
+COSTLY = "fixed schedule would slow training"
+
+
+def untimed(latest: list[dict]) -> list[dict]:
+    """The per-step metrics without each rank's own probe timings (its own clock)."""
+    return [{k: v for k, v in metrics.items() if not k.startswith("monitor/probe_")} for metrics in latest]
+
+
 def test_a_failure_on_one_rank_fails_the_probe_on_every_rank_and_training_goes_on(ranks):
     for result in ranks:
         run = result["lanczos"]
@@ -108,14 +117,15 @@ def test_a_failure_on_one_rank_fails_the_probe_on_every_rank_and_training_goes_o
         # Training is exactly the run without the Monitor.
         assert all(torch.equal(a, b) for a, b in zip(run["params"], result["plain"]["params"]))
     rank0, rank1 = ranks[0]["lanczos"], ranks[1]["lanczos"]
-    assert rank0["latest"] == rank1["latest"] and rank0["hvps"] == rank1["hvps"]
+    assert untimed(rank0["latest"]) == untimed(rank1["latest"]) and rank0["hvps"] == rank1["hvps"]
     # Every rank warns once per probe that failed: the failing rank with its own error.
-    rank1_probe_warnings = [w for w in rank1["warnings"] if "cheap metrics fail" not in w]
+    rank1_probe_warnings = [w for w in rank1["warnings"] if "cheap metrics fail" not in w and COSTLY not in w]
     assert len(rank1_probe_warnings) == 2 and "RuntimeError: boom on rank 1" in rank1_probe_warnings[0]
     assert "DistributedProbeError" in rank1_probe_warnings[1]
-    assert len(rank0["warnings"]) == 2 and "DistributedProbeError" in rank0["warnings"][0]
-    assert "RuntimeError: boom on rank 0" in rank0["warnings"][1]
-    assert "failed on 1 of 2 ranks" in rank0["warnings"][0]
+    rank0_probe_warnings = [w for w in rank0["warnings"] if COSTLY not in w]
+    assert len(rank0_probe_warnings) == 2 and "DistributedProbeError" in rank0_probe_warnings[0]
+    assert "RuntimeError: boom on rank 0" in rank0_probe_warnings[1]
+    assert "failed on 1 of 2 ranks" in rank0_probe_warnings[0]
 
 
 def test_a_failure_while_auto_times_the_methods_is_agreed_too(ranks):
@@ -125,7 +135,7 @@ def test_a_failure_while_auto_times_the_methods_is_agreed_too(ranks):
         assert "curvature/lambda_max" in run["latest"][7] and "curvature/lambda_max" in run["latest"][11]
         assert run["method"] == "double_backward"  # the same choice on both ranks (one rank could not time)
         assert all(torch.equal(a, b) for a, b in zip(run["params"], result["plain"]["params"]))
-    assert ranks[0]["auto"]["latest"] == ranks[1]["auto"]["latest"]
+    assert untimed(ranks[0]["auto"]["latest"]) == untimed(ranks[1]["auto"]["latest"])
     assert any("boom on rank 1" in w for w in ranks[1]["auto"]["warnings"])
     assert any("DistributedProbeError" in w for w in ranks[0]["auto"]["warnings"])
 

@@ -122,7 +122,9 @@ def test_watching_a_ddp_run_changes_nothing(ranks):
         assert difference == 0.0
         assert all(torch.equal(a, b) for a, b in zip(plain["buffers_and_state"], watched["buffers_and_state"]))
         assert plain["local_loss"] == watched["local_loss"]
-    assert not results[0]["warnings"] and not results[1]["warnings"]
+    # the one warning allowed: this test's every-5-steps schedule costs more than half the training time
+    costly = "fixed schedule would slow training"
+    assert not [w for result in results for w in result["warnings"] if costly not in w]
     assert all(torch.equal(a, b) for a, b in zip(results[0]["watched"]["params"], results[1]["watched"]["params"]))
 
 
@@ -145,7 +147,8 @@ def test_every_rank_holds_the_same_metrics_and_events(ranks):
     for step, (mine, theirs) in enumerate(zip(rank0["latest"], rank1["latest"]), start=1):
         measured = step % CHEAP == 0 or step % CURVATURE == 0
         assert bool(mine) == measured, step
-        assert mine == theirs, step
+        timings = {key for key in mine if key.startswith("monitor/probe_")}  # each rank's own clock
+        assert {k: v for k, v in mine.items() if k not in timings} == {k: v for k, v in theirs.items() if k not in timings}, step
         if step % CHEAP == 0:  # the loss is the mean of the ranks' losses
             local = (rank0["local_loss"][step - 1] + rank1["local_loss"][step - 1]) / 2
             assert mine["loss"] == pytest.approx(local, rel=1e-6)

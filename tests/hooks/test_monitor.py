@@ -245,7 +245,7 @@ def test_review_cases_scaler_subset_reattach_and_resume():
     model, probe = cases.mlp(), cases.digits_probe(sizes=(64,))
     optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)  # the last layer only
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    monitor = Monitor(model, optimizer, cases.cross_entropy, probe, curvature=1000, grad_scaler=scaler)
+    monitor = Monitor(model, optimizer, cases.cross_entropy, probe, curvature=1000, norms_every=1, grad_scaler=scaler)
     for round_ in range(2):  # attach, detach, attach again
         with monitor:
             optimizer.zero_grad()

@@ -8,6 +8,24 @@ eigenspace :math:`\|V_k^\top g\|^2/\|g\|^2` (Gur-Ari et al. 2018), and where the
 lives (its energy per module); and, from the same forward passes, the output and attention
 logits (:mod:`~edgewatch.hooks.probes.logits`). All solves of one probe share one gradient graph.
 
+A probe is *full* (warm-started Lanczos to ``tol``, and everything above) or *streamed*: between
+full solves the kept top eigenvector is refreshed with a few HVPs (:func:`~edgewatch.curvature.refine`:
+Lanczos steps from it until the residual meets ``stream_tol``, at most ``stream_hvps``; one to three
+while the top direction moves slowly), for H and for the preconditioned operator alike (the
+preconditioner changes every step; the vector carries over). A streamed λ₁ is reported only
+when it is trustworthy: its residual r is at most ``stream_tol`` · λ₁ (5%), so an eigenvalue lies
+within that relative distance, and, as a Ritz value, it is never above λ₁; the error is in
+practice far smaller, of order r²/(λ₁ − λ₂) (Parlett 1998, section 11.7), and the benchmark
+compares it with full solves. It must also not have fallen below
+``1 - stream_drop`` of the last reported value (a kept vector that lost the top direction shows
+as such a fall); otherwise the probe escalates to a full solve warm-started from the refreshed
+vector, on the spot, if the caller allows it (the Monitor does when its budget can pay for
+one), and else reports the streamed value with ``curvature/converged`` 0 and its residual. A
+rise needs no such check: the Ritz value is a lower bound on λ₁. ``curvature/streamed`` (and ``curvature/precond/streamed``) say which kind each λ₁
+point is: 1.0 streamed, 0.0 full. Streamed points report λ₁, its residual, the threshold and
+stability ratio, the probe loss, gradient norm and logits, but not λ₂…λ_k, the directional
+sharpness, the gradient overlap or the top direction's modules (they need a full solve).
+
 Under ``torch.distributed`` each rank passes its own probe shard; every product and the gradient
 are all-reduced (:mod:`edgewatch.distributed`) and the logit statistics gathered once, so every
 rank computes the same numbers, those of the union of the shards. A probe that fails on one rank
@@ -26,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgewatch.curvature import HessianOperator, lanczos
+from edgewatch.curvature import EigenResult, HessianOperator, lanczos, refine
 from edgewatch.distributed import GroupSpec
 from edgewatch.hooks.probes.grads import module_of
 from edgewatch.hooks.probes.logits import LogitRecorder
@@ -41,6 +59,10 @@ class CurvatureProbe:
     Args:
         k: how many top eigenvalues of H to report.
         tol, max_hvps: Lanczos tolerance and HVP budget per solve.
+        stream_hvps: the most HVPs per operator of a streamed point.
+        stream_tol: the relative residual a streamed λ₁ must meet, else the probe escalates.
+        stream_drop: the relative fall from the last reported λ₁ beyond which a streamed point
+            escalates (a catapult, or a crossing of eigenvalues, deserves a full look).
         method, seed, train, process_group: see :class:`~edgewatch.curvature.HessianOperator`.
     """
 
@@ -54,6 +76,9 @@ class CurvatureProbe:
         k: int = 1,
         tol: float = 1e-3,
         max_hvps: int = 100,
+        stream_hvps: int = 4,
+        stream_tol: float = 0.05,
+        stream_drop: float = 0.3,
         method: str = "auto",
         seed: int = 0,
         train: bool | None = True,
@@ -68,28 +93,64 @@ class CurvatureProbe:
         self.optimizer = optimizer
         self.k = min(k, self.hessian.size)
         self.tol, self.max_hvps = tol, max_hvps
+        self.stream_hvps, self.stream_tol, self.stream_drop = stream_hvps, stream_tol, stream_drop
         self.vectors: Tensor | None = None  # warm start for H
         self.preconditioned_vectors: Tensor | None = None  # warm start for S^½(H+W)S^½
+        self._last: dict[str, float] = {}  # the last reported λ₁ of each operator, for the drop test
         self._slices = self.hessian.parameter_slices()
         self.logits = LogitRecorder(self.hessian.model)
 
-    def measure(self) -> dict[str, Tensor | float]:
-        """One probe: every curvature metric, keyed by DESIGN.md section 6 names."""
+    def measure(self, streamed: bool = False, escalate: bool = True) -> dict[str, Tensor | float]:
+        """One probe: every curvature metric (``curvature/...``, ``grad/probe_norm``, logits);
+        ``streamed`` refreshes the kept eigenvectors instead of solving, escalating to a full
+        solve where the refresh is not trustworthy only if ``escalate``."""
         metrics: dict[str, Tensor | float] = {}
         with self.hessian:  # one gradient graph for every product below
             with self.logits.recording():  # the probe's forward passes also show its logits
                 loss, gradient = self.hessian.loss_and_gradient()
             metrics.update(self.logits.metrics(self.hessian.process_group))
             metrics["curvature/probe_loss"] = loss
-            top = lanczos(self.hessian, k=self.k, tol=self.tol, max_hvps=self.max_hvps, v0=_finite(self.vectors))
-            self.vectors = top.eigenvectors if top.converged else None
+            top, was_streamed = self._top("curvature", self.hessian, self.k, self.vectors, streamed, escalate)
+            if was_streamed:
+                self.vectors = torch.cat([top.eigenvectors, self.vectors[:, 1:]], dim=1)
+            else:
+                self.vectors = top.eigenvectors if top.converged else None
             metrics.update(_eigen_metrics("curvature", top))
-            for i, value in enumerate(top.eigenvalues.tolist()[1:], start=2):
-                metrics[f"curvature/lambda_{i}"] = value
-            metrics.update(self._gradient_metrics(gradient, top.eigenvectors))
-            metrics.update(self._energy_share(top.eigenvectors[:, 0]))
-            metrics.update(self._preconditioned(top))
+            metrics["curvature/streamed"] = float(was_streamed)
+            if was_streamed:
+                squared = gradient.dot(gradient)
+                metrics["grad/probe_norm"] = squared.sqrt()
+            else:
+                for i, value in enumerate(top.eigenvalues.tolist()[1:], start=2):
+                    metrics[f"curvature/lambda_{i}"] = value
+                metrics.update(self._gradient_metrics(gradient, top.eigenvectors))
+                metrics.update(self._energy_share(top.eigenvectors[:, 0]))
+            metrics.update(self._preconditioned(top, streamed, escalate))
         return metrics
+
+    def _top(self, name: str, op: Any, k: int, kept: Tensor | None, streamed: bool,
+             escalate: bool = True) -> tuple[EigenResult, bool]:
+        """λ₁ (top-k when full) of ``op``: refreshed from ``kept`` when ``streamed`` and the
+        refresh is trustworthy (or escalating is not allowed), else a full solve warm-started
+        from the best vector at hand."""
+        kept = _finite(kept)
+        start = kept
+        hvps = 0
+        if streamed and kept is not None:
+            fresh = refine(op, kept, steps=self.stream_hvps, tol=self.stream_tol)
+            value = fresh.eigenvalues[0].item()
+            last = self._last.get(name)
+            trusted = fresh.converged and (last is None or value >= (1 - self.stream_drop) * last)
+            finite = bool(torch.isfinite(fresh.eigenvectors).all())
+            if trusted or (not escalate and finite):
+                self._last[name] = value
+                return fresh._replace(converged=trusted), True
+            hvps = fresh.num_hvps
+            if finite:
+                start = torch.cat([fresh.eigenvectors, kept[:, 1:]], dim=1)
+        top = lanczos(op, k=k, tol=self.tol, max_hvps=self.max_hvps, v0=start)
+        self._last[name] = top.eigenvalues[0].item()
+        return top._replace(num_hvps=top.num_hvps + hvps), False
 
     def _gradient_metrics(self, gradient: Tensor, vectors: Tensor) -> dict[str, Tensor]:
         squared = gradient.dot(gradient)
@@ -109,31 +170,36 @@ class CurvatureProbe:
             shares[module_of(name)] = shares[module_of(name)] + vector[where].pow(2).sum()
         return {f"curvature/top_energy/{module or 'root'}": share for module, share in shares.items()}
 
-    def _preconditioned(self, top) -> dict[str, Tensor | float]:
+    def _preconditioned(self, top: EigenResult, streamed: bool, escalate: bool) -> dict[str, Tensor | float]:
         try:
             operator, info = preconditioned_operator(self.hessian, self.optimizer)
-        except OptimizerStateError:  # adaptive optimizer before its first step: nothing to read
+        except OptimizerStateError:  # adaptive optimizer before its first step: no preconditioner exists yet
             return {}
         # The threshold is c/η for the reference η (the first group that moves), stated beside it.
         metrics: dict[str, Tensor | float] = {"curvature/threshold": info.threshold, "curvature/reference_lr": info.lr}
         if operator.shift is None and bool((operator.scale == 1).all()):
-            sharpness, result = top.eigenvalues[0].item(), top  # S = I: the same operator
+            sharpness = top.eigenvalues[0].item()  # S = I: the same operator
         else:
-            result = lanczos(operator, k=1, tol=self.tol, max_hvps=self.max_hvps, v0=_finite(self.preconditioned_vectors))
-            self.preconditioned_vectors = result.eigenvectors if result.converged else None
+            result, was_streamed = self._top("curvature/precond", operator, 1, self.preconditioned_vectors, streamed, escalate)
+            if was_streamed or result.converged:
+                self.preconditioned_vectors = result.eigenvectors
+            else:
+                self.preconditioned_vectors = None
             sharpness = result.eigenvalues[0].item()
             metrics.update(_eigen_metrics("curvature/precond", result, value=False))
+            metrics["curvature/precond/streamed"] = float(was_streamed)
         metrics["curvature/precond_lambda_max"] = sharpness
         metrics["curvature/stability_ratio"] = info.ratio(sharpness)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"vectors": self.vectors, "preconditioned_vectors": self.preconditioned_vectors}
+        return {"vectors": self.vectors, "preconditioned_vectors": self.preconditioned_vectors, "last": dict(self._last)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore warm starts; vectors of another size (a changed model) are dropped."""
         self.vectors = self._usable(state.get("vectors"))
         self.preconditioned_vectors = self._usable(state.get("preconditioned_vectors"))
+        self._last = {str(k): float(v) for k, v in state.get("last", {}).items()}
 
     def _usable(self, vectors: Tensor | None) -> Tensor | None:
         if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != self.hessian.size:
