@@ -1,8 +1,8 @@
 r"""The overhead budget: the Monitor spends at most a fixed share of the training loop's wall time.
 
 The Monitor's own time is the time inside its hooks (cheap metrics, curvature probes, detectors,
-logging); the training time is everything between them (forward, backward, the optimizer's own
-update, the user's code). The budget keeps
+logging) and its gradient-norm read at the end of backward passes; the training time is
+everything else (forward, backward, the optimizer's own update, the user's code). The budget keeps
 
 .. math::
     \text{own} \;\le\; f \cdot \max(\text{train},\; H \cdot \bar t_{\text{step}}),
@@ -149,6 +149,12 @@ class Budget:
         self._pending[_OWN] += took
         self._entered, self._left = None, now
         return took
+
+    def reclaim(self, seconds: float) -> None:
+        """Own time spent outside the hooks (inside the training's backward pass): moved from
+        the training time to the Monitor's."""
+        self._pending[_TRAIN] -= seconds
+        self._pending[_OWN] += seconds
 
     def count_step(self, cheap_seconds: float | None = None) -> None:
         """One more training step; ``cheap_seconds``: its cheap metrics' own time, if it took them."""

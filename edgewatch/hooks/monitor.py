@@ -412,6 +412,10 @@ class Monitor:
         finally:
             own = self.budget.leave() - probe_seconds + self._step_own
             self._step_own = 0.0
+            if self._recorder is not None and self._recorder.seconds:
+                own += self._recorder.seconds
+                self.budget.reclaim(self._recorder.seconds)
+                self._recorder.seconds = 0.0
             self.budget.count_step(own if cheap_due else None)
 
     def _curvature_kind(self, step: int, settled: bool) -> Kind | None:

@@ -75,6 +75,31 @@ def train(rank: int, watch: bool, counter: list[int]) -> dict:
     return record
 
 
+def train_on_budget(rank: int, steps: int = 130) -> dict:
+    """The defaults (curvature placed by the budget) and every=None (cheap metrics thinned by it),
+    with rank 1 slower between steps: each rank's clock differs, their decisions must not."""
+    import time
+
+    model = cases.mlp(seed=0, hidden=16)
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.3, momentum=0.9)
+    # a generous budget, so that points beyond the early ones are placed by each rank's timings too
+    monitor = Monitor(ddp, optimizer, cases.cross_entropy, probe_shard(rank), every=None, budget=0.5, run_dir=False).attach()
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        loss = cases.cross_entropy(ddp, batch(step, rank))
+        monitor.observe(loss)
+        loss.backward()
+        if rank == 1:
+            time.sleep(0.002)
+        optimizer.step()
+    monitor.close()
+    return {"curvature_steps": list(monitor.history["curvature/lambda_max"].steps),
+            "streamed": list(monitor.history["curvature/streamed"].values),
+            "cheap_steps": list(monitor.history["lr"].steps),
+            "params": [p.detach().clone() for p in model.parameters()]}
+
+
 def fsdp_errors() -> dict[str, str]:
     """FSDP2 (fully_shard) runs on CPU with gloo in torch 2.13: the Monitor and the operator refuse it, clearly."""
     from torch.distributed.fsdp import fully_shard
@@ -99,7 +124,8 @@ def _worker(rank: int, world_size: int, out: str, runs_root: str) -> None:
     _count_collectives(counter)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = {"plain": train(rank, False, counter), "watched": train(rank, True, counter)}
+        results = {"plain": train(rank, False, counter), "watched": train(rank, True, counter),
+                   "budget": train_on_budget(rank)}
     results["warnings"] = [str(w.message) for w in caught if "edgewatch" in str(w.message)]
     results["fsdp"] = fsdp_errors()
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
@@ -126,6 +152,16 @@ def test_watching_a_ddp_run_changes_nothing(ranks):
     costly = "fixed schedule would slow training"
     assert not [w for result in results for w in result["warnings"] if costly not in w]
     assert all(torch.equal(a, b) for a, b in zip(results[0]["watched"]["params"], results[1]["watched"]["params"]))
+
+
+def test_ranks_with_different_clocks_take_the_budgets_decisions_together(ranks):
+    results, _ = ranks
+    rank0, rank1 = results[0]["budget"], results[1]["budget"]
+    print(f"curvature at {rank0['curvature_steps']}, cheap metrics on {len(rank0['cheap_steps'])} of 130 steps")
+    assert rank0["curvature_steps"][:5] == [0, 3, 10, 30, 100] and len(rank0["curvature_steps"]) > 5
+    for key in ("curvature_steps", "streamed", "cheap_steps"):
+        assert rank0[key] == rank1[key], key
+    assert all(torch.equal(a, b) for a, b in zip(rank0["params"], rank1["params"]))
 
 
 def test_only_rank_0_writes_the_run_directory(ranks):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from itertools import chain
@@ -86,6 +87,7 @@ class GradientRecorder:
         self._fresh: dict[int, Tensor] = {}  # parameter index -> parameter, in this backward pass
         self._queued_in: int | None = None  # the backward pass (graph task) the measurement is queued in
         self._norms: dict[int, Tensor] = {}  # parameter index -> 0-dim norm, since the last metrics()
+        self.seconds = 0.0  # time spent measuring at the end of backward passes, for the budget
         self._warned: set[tuple[str, type]] = set()  # (what failed, exception type) already reported
         self._handles = [p.register_post_accumulate_grad_hook(self._hook(index)) for index, (_, p) in enumerate(named)]
 
@@ -115,6 +117,14 @@ class GradientRecorder:
             self._warn_once("could not be scheduled for the end of a backward pass", error)
 
     def _measure(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._read_norms()
+        finally:
+            # inside the user's backward(), yet the Monitor's own time: the budget counts it so
+            self.seconds += time.perf_counter() - started
+
+    def _read_norms(self) -> None:
         fresh, self._fresh, self._queued_in = self._fresh, {}, None
         try:
             indices = [i for i, p in fresh.items() if p.grad is not None]
