@@ -25,9 +25,10 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert namespace["info"].threshold == 38 / 1e-3
     assert namespace["lam"] > 0
     written = [record["step"] for record in read_jsonl(tmp_path / "runs" / "digits-gd" / "metrics.jsonl")]
-    assert written == list(range(1, 301))
+    # every curvature step, and as many cheap-metric steps as the budget allowed (all, on a slow enough machine)
+    assert written == sorted(set(written)) and set(range(25, 301, 25)) <= set(written) <= set(range(1, 301))
     assert namespace["result"].png.stat().st_size > 10_000 and namespace["result"].summary["steps"] == 300
     assert namespace["watch"].monitor.step_count == namespace["trainer"].global_step == 60
     assert (tmp_path / "lightning_logs" / "version_0" / "edgewatch" / "metrics.jsonl").exists()
     steps = [record["step"] for record in read_jsonl(tmp_path / "hf_out" / "edgewatch" / "metrics.jsonl")]
-    assert steps == list(range(1, 31))
+    assert steps == sorted(set(steps)) and {10, 20, 30} <= set(steps) <= set(range(1, 31))

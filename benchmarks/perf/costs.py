@@ -120,7 +120,6 @@ METHODS = ("gradient", "db_reused", "db_fresh", "fwd_rev")  # what part 1 times 
 TOL = 1e-4  # Lanczos relative residual for the warm-start part
 WARM_LR = 0.1  # plain SGD's usual lr on these models; ηλ1 is printed beside it
 AUTO_LABEL = {"double_backward": "db reused", "forward_over_reverse": "fwd∘rev"}
-NEVER = 10**12  # a curvature schedule that never fires: cheap metrics only
 
 
 # -- workloads: shared with peers.py --------------------------------------------------------------
@@ -478,12 +477,12 @@ def warm_start(w: Workload, at: Sequence[int], steps: int, lr: float, extras: bo
 
 # -- part 3: the Monitor in a training loop --------------------------------------------------------
 VARIANTS: dict[str, dict[str, Any]] = {
-    "none": {},                                               # (a) no monitor
-    "cheap": {"curvature": NEVER, "run_dir": False},          # (b) per-step metrics only
-    "cheap+jsonl": {"curvature": NEVER, "run_dir": "jsonl"},  # (b) with the default JSONL run directory
-    "cheap/8": {"curvature": NEVER, "run_dir": False, "every": 8},  # (b) taken every 8 steps (Monitor's every=)
-    "curv/16": {"curvature": 16, "run_dir": False},           # (c) curvature every 16 steps
-    "curv/1": {"curvature": 1, "run_dir": False},             # (d) curvature every step
+    "none": {},                                                           # (a) no monitor
+    "cheap": {"curvature": None, "run_dir": False, "every": 1},           # (b) per-step metrics only
+    "cheap+jsonl": {"curvature": None, "run_dir": "jsonl", "every": 1},   # (b) with the default JSONL run directory
+    "cheap/8": {"curvature": None, "run_dir": False, "every": 8},         # (b) taken every 8 steps (Monitor's every=)
+    "curv/16": {"curvature": 16, "run_dir": False, "every": 1},           # (c) curvature every 16 steps
+    "curv/1": {"curvature": 1, "run_dir": False, "every": 1},             # (d) curvature every step
 }
 
 
@@ -604,7 +603,7 @@ def train(spec: Training, variant: str, steps: int, run_root: Path, smoke: bool,
     probes, method, hvps = 0, None, 0
     if monitor is not None:
         monitor.close()
-        probes = sum(monitor.curvature_schedule(s) for s in range(1, steps + 1))
+        probes = len(monitor.history["curvature/lambda_max"]) if "curvature/lambda_max" in monitor.history else 0
         method, hvps = monitor.curvature.hessian.method, monitor.curvature.hessian.num_hvps
     return {"seconds": elapsed, "probes": probes, "method": method, "hvps": hvps, "final_loss": float(loss.detach())}
 

@@ -7,7 +7,10 @@
 After every ``optimizer.step()`` the Monitor takes the cheap metrics (gradient norms before
 clipping, learning rates, parameter and update norms, Adam's ε share, non-finite counts) and, on
 its curvature schedule, the curvature probe (:class:`~edgewatch.hooks.probes.curvature.CurvatureProbe`)
-on the fixed probe set; the detectors turn those numbers into events. Nothing it does reaches
+on the fixed probe set; the detectors turn those numbers into events. By default both schedules
+follow an overhead budget (:mod:`~edgewatch.hooks.budget`): the Monitor's own time stays within
+5% of the training loop's, curvature is measured at θ_0 (at :meth:`Monitor.attach`), at steps 3,
+10, 30 and 100, then as the budget allows, mostly as streamed points between full solves. Nothing it does reaches
 the training run: it never writes ``.grad``, parameters, buffers or optimizer state, restores every
 module's mode and leaves the global RNG streams where they were.
 
@@ -92,9 +95,10 @@ class Monitor:
         model, optimizer: what is trained; the optimizer must update parameters of the model.
         loss_fn: ``loss_fn(model, batch) -> scalar``, the training loss on one batch.
         probe: the fixed list of batches curvature is measured on.
-        every: cheap metrics every this many steps (default 1: every step); ``None`` lets the
-            budget choose: every step while they cost at most half of it, else every N-th step,
-            the smallest N that fits (for steps so short that a few hundred microseconds matter).
+        every: cheap metrics every this many steps; default (None): as the budget allows, every
+            step while they cost at most half of it (a training step of a few ms or more), else
+            every N-th step, the smallest N that fits, decided on measured times (so which steps
+            have them can differ from run to run). An int N fixes it: ``every=1`` for every step.
         norms_every: the parameter and update norms and Adam's ε share, which read the whole
             model (a θ snapshot and three passes over it), on every this-many-th step with cheap
             metrics: default 10 (steps 1, 11, 21, … with ``every=1``), which cuts their cost
@@ -161,7 +165,7 @@ class Monitor:
         loss_fn: LossFn,
         probe: Iterable[Any],
         *,
-        every: int | None = 1,
+        every: int | None = None,
         curvature: CurvatureSchedule = "budget",
         norms_every: int = 10,
         budget: float = 0.05,

@@ -45,7 +45,7 @@ def train(rank: int, method: str | None, failures: dict[int, tuple[int, int]], c
     loss_fn = Flaky(rank)
     monitor = None
     if method is not None:
-        monitor = Monitor(ddp, optimizer, loss_fn, probe_shard(rank), curvature=Schedule(every=EVERY), method=method,
+        monitor = Monitor(ddp, optimizer, loss_fn, probe_shard(rank), every=1, curvature=Schedule(every=EVERY), method=method,
                           k=1, tol=1e-9, max_hvps=12, run_dir=False).attach()
         if cheap_failure is not None and cheap_failure[0] == rank:
             measure = monitor._cheap_metrics

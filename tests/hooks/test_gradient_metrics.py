@@ -159,7 +159,7 @@ def _watched(**kwargs):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     probe = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))]
     monitor = ew.Monitor(model, optimizer, lambda m, b: F.cross_entropy(m(b[0]), b[1]), probe,
-                         curvature=1000, norms_every=1, run_dir=False, **kwargs)  # update norms at every step
+                         every=1, curvature=1000, norms_every=1, run_dir=False, **kwargs)  # update norms at every step
     return model, optimizer, monitor
 
 

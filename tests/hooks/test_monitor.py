@@ -40,7 +40,7 @@ RUNS = {"mlp_sgd": mlp_sgd, "cnn_bn_dropout_adam": cnn_adam, "transformer_adamw_
 def train(make, steps=50, watch=False):
     torch.manual_seed(123)
     model, optimizer, scheduler, loss_fn, batches = make()
-    monitor = Monitor(model, optimizer, loss_fn, batches[:1], curvature=5, k=2, max_hvps=20).attach() if watch else None
+    monitor = Monitor(model, optimizer, loss_fn, batches[:1], every=1, curvature=5, k=2, max_hvps=20).attach() if watch else None
     losses = []
     for step in range(steps):
         batch = batches[step % len(batches)]

@@ -19,7 +19,7 @@ def setup(optimizer="sgd", **kwargs):
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     probe = cases.digits_probe(sizes=(48,))
-    monitor = Monitor(model, opt, cases.cross_entropy, probe, run_dir=False, **kwargs)
+    monitor = Monitor(model, opt, cases.cross_entropy, probe, run_dir=False, **{"every": 1, **kwargs})
     return model, opt, probe, monitor
 
 

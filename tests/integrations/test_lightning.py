@@ -74,7 +74,7 @@ def fit(root, callbacks=(), max_steps=30, ckpt_path=None, **kwargs):
 
 def callback(**kwargs):
     kwargs = {"curvature": 10, "max_hvps": 20, **kwargs}
-    return EdgewatchCallback(cases.cross_entropy, cases.digits_probe(sizes=(64,)), **kwargs)
+    return EdgewatchCallback(cases.cross_entropy, cases.digits_probe(sizes=(64,)), **{"every": 1, **kwargs})
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def train(output_dir, callbacks=(), max_steps=30, resume=None, loss_kwargs=True,
 
 def callback(**kwargs):
     probe = tokens(8, seed=2)
-    return EdgewatchCallback([{"input_ids": probe, "labels": probe}], **{"curvature": 10, "max_hvps": 20, **kwargs})
+    return EdgewatchCallback([{"input_ids": probe, "labels": probe}], **{"every": 1, "curvature": 10, "max_hvps": 20, **kwargs})
 
 
 @pytest.mark.parametrize("loss_kwargs", [True, False], ids=["num_items_in_batch", "mean_of_micro_batches"])

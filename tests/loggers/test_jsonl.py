@@ -62,7 +62,7 @@ def train(monitor, model, optimizer, batch, steps):
 
 def test_a_monitored_run_writes_meta_metrics_and_events(tmp_path):
     model, optimizer, batch = tiny()
-    with ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path / "run",
+    with ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=tmp_path / "run",
                     detectors=[*ew.hooks.default_detectors(), EveryFifth()]) as monitor:
         train(monitor, model, optimizer, batch, 20)
         last = dict(monitor.latest)
@@ -90,7 +90,7 @@ def test_a_monitored_run_writes_meta_metrics_and_events(tmp_path):
 
 def test_resuming_appends_without_duplicating_steps(tmp_path):
     model, optimizer, batch = tiny()
-    first = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path, detectors=[EveryFifth()]).attach()
+    first = ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=tmp_path, detectors=[EveryFifth()]).attach()
     train(first, model, optimizer, batch, 10)
     checkpoint = (first.state_dict(), model.state_dict(), optimizer.state_dict())
     train(first, model, optimizer, batch, 7)  # steps 11-17 are written, then the process "dies"
@@ -99,7 +99,7 @@ def test_resuming_appends_without_duplicating_steps(tmp_path):
     model, optimizer, batch = tiny()
     model.load_state_dict(checkpoint[1])
     optimizer.load_state_dict(checkpoint[2])
-    second = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path, detectors=[EveryFifth()])
+    second = ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=tmp_path, detectors=[EveryFifth()])
     second.load_state_dict(checkpoint[0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a resume is expected: no warning
@@ -117,7 +117,7 @@ def test_a_new_run_never_mixes_with_an_old_runs_records(tmp_path):
     run_dirs = []
     for attempt in range(2):
         model, optimizer, batch = tiny(seed=attempt)
-        monitor = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path / "run").attach()
+        monitor = ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=tmp_path / "run").attach()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             train(monitor, model, optimizer, batch, 3)
@@ -143,7 +143,7 @@ def test_default_run_directories_are_reserved_not_shared(tmp_path, monkeypatch):
 
 def test_rewinding_to_a_checkpoint_in_the_same_process_logs_no_step_twice(tmp_path):
     model, optimizer, batch = tiny()
-    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path, detectors=[EveryFifth()]).attach()
+    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=tmp_path, detectors=[EveryFifth()]).attach()
     train(monitor, model, optimizer, batch, 5)
     checkpoint = copy.deepcopy([monitor.state_dict(), model.state_dict(), optimizer.state_dict()])
     train(monitor, model, optimizer, batch, 7)  # to step 12, then back to step 5 (a loss spike rollback, say)
@@ -186,7 +186,7 @@ def test_the_meta_never_stops_a_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr("edgewatch.hooks.meta.stability", broken_stability)
     model, optimizer, batch = tiny()
-    with ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path) as monitor:
+    with ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=tmp_path) as monitor:
         train(monitor, model, optimizer, batch, 2)
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["optimizer"]["stability"] == {"error": "RuntimeError: an optimizer with a surprising state"}
@@ -262,7 +262,7 @@ class Broken(Logger):
 def test_a_failing_logger_is_disabled_with_one_warning_and_nothing_is_lost(tmp_path):
     model, optimizer, batch = tiny()
     broken = Broken()
-    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=tmp_path, loggers=[broken]).attach()
+    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=tmp_path, loggers=[broken]).attach()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(monitor, model, optimizer, batch, 12)
@@ -314,13 +314,13 @@ def test_logger_specs(tmp_path):
 def test_run_dir_choices(tmp_path, monkeypatch, capsys):
     model, optimizer, batch = tiny()
     monkeypatch.setenv("EDGEWATCH_DIR", str(tmp_path / "root"))
-    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5)
+    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5)
     assert monitor.run_dir.parent == tmp_path / "root" and not monitor.run_dir.exists()  # made on the first record
     monitor.step(loss_fn(model, batch))
     assert (monitor.run_dir / "metrics.jsonl").exists()
     monitor.close()
 
-    off = ew.Monitor(model, optimizer, loss_fn, [batch], curvature=5, run_dir=False, loggers="stdout")
+    off = ew.Monitor(model, optimizer, loss_fn, [batch], every=1, curvature=5, run_dir=False, loggers="stdout")
     off.step(torch.tensor(0.25))
     assert off.run_dir is None and "[edgewatch] step 1  loss 0.25" in capsys.readouterr().out
 

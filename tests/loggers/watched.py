@@ -24,7 +24,7 @@ def watched_run(run_dir: Path, loggers: list) -> Monitor:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     loss_fn = lambda m, b: F.cross_entropy(m(b[0]), b[1])
-    monitor = Monitor(model, optimizer, loss_fn, probe=[(x, y)], curvature=5, run_dir=run_dir, loggers=loggers).attach()
+    monitor = Monitor(model, optimizer, loss_fn, probe=[(x, y)], every=1, curvature=5, run_dir=run_dir, loggers=loggers).attach()
     for step in range(1, STEPS + 1):
         optimizer.zero_grad()
         loss = loss_fn(model, (x, y))
