@@ -156,7 +156,7 @@ def train(setting: Setting, args: argparse.Namespace, data, run_dir: Path) -> di
     probe = [(x_train[: args.probe_size], y_train[: args.probe_size])]  # fixed for the whole run
     monitor = ew.Monitor(model, optimizer, mse_loss, probe=probe, run_dir=run_dir,
                          curvature=ew.Schedule(every=16, dense_until=EARLY, per_decade=10),
-                         stop_on=["nonfinite"])
+                         every=1, stop_on=["nonfinite"])  # every step's loss, for the figure
     batch = (x_train, y_train)  # full batch: gradient descent
     start, stopped = time.perf_counter(), None
     monitor.attach()

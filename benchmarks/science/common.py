@@ -193,6 +193,8 @@ def watched_run(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, bat
     """
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a benchmark run starts afresh (the logger would resume it)
+    # A reproduction reads every step's loss and norms, whatever they cost: every=1, norms_every=1.
+    monitor_kwargs = {"every": 1, "norms_every": 1, **monitor_kwargs}
     monitor = ew.Monitor(model, optimizer, loss_fn, probe=probe if probe is not None else [batch], run_dir=run_dir,
                          curvature=curvature, stop_on=["nonfinite"], **monitor_kwargs)
     start, stopped = time.perf_counter(), None
