@@ -10,9 +10,10 @@ its curvature schedule, the curvature probe (:class:`~edgewatch.hooks.probes.cur
 on the fixed probe set; the detectors turn those numbers into events. By default both schedules
 follow an overhead budget (:mod:`~edgewatch.hooks.budget`): the Monitor's own time stays within
 5% of the training loop's, curvature is measured at θ_0 (at :meth:`Monitor.attach`), at steps 3,
-10, 30 and 100, then as the budget allows, mostly as streamed points between full solves. Nothing it does reaches
-the training run: it never writes ``.grad``, parameters, buffers or optimizer state, restores every
-module's mode and leaves the global RNG streams where they were.
+10, 30 and 100, then as the budget allows, mostly as streamed points between full solves.
+
+Nothing it does reaches the training run: it never writes ``.grad``, parameters, buffers or
+optimizer state, restores every module's mode and leaves the global RNG streams where they were.
 
 Under ``torch.distributed`` (DistributedDataParallel) every rank builds its Monitor the same way,
 each with its own probe shard. Curvature is measured on the union of the shards (products
@@ -25,9 +26,7 @@ curvature step (one per product, one for the loss and gradient, one all-gather f
 
 from __future__ import annotations
 
-import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -232,7 +231,7 @@ class Monitor:
         self._jsonl = next((lg for lg in self.logger.loggers if isinstance(lg, JsonlLogger)), None)
         self._logging = False
         self._logged_until = -1  # the last step whose records went to the loggers
-        self._cheap_taken = 0  # steps with cheap metrics so far (every 10th takes the slow ones)
+        self._cheap_taken = 0  # steps with cheap metrics so far (every norms_every-th takes the norms)
         self._step_own = 0.0  # this step's own time outside curvature probes
         self._warned_schedule = False
         self._device_sync = _synchronizer(self.curvature.hessian.device)
