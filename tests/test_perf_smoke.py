@@ -1,7 +1,8 @@
 """Quick smoke run of the performance benchmarks (the real run is `make bench-perf`, results in benchmarks/PERFORMANCE.md).
 
-Both scripts run their whole code path on tiny workloads: the peers that are installed (make test
-installs them all), HVP costs, warm starts and the Monitor's overhead. The numbers are not checked
+Every script runs its whole code path on tiny workloads: the peers that are installed (make test
+installs them all), HVP costs, warm starts, the Monitor's overhead, and the Monitor at its defaults
+(overhead.py: bare against watched, streamed points against tight full solves). The numbers are not checked
 here, only that each script ran, printed its tables and wrote its JSON, and that a smoke run leaves
 PERFORMANCE.md alone.
 """
@@ -22,12 +23,36 @@ def test_perf_benchmarks_smoke_run(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf" / "run_all.py"), "--smoke", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("peers", "costs"):
+    for name in ("peers", "costs", "overhead"):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["benchmark"] == name and data["smoke"] is True and data["results"]
         assert f"== {name}: " in result.stdout
     assert "edgewatch" in result.stdout and "Monitor overhead" in result.stdout
+    _check_overhead(json.loads((tmp_path / "overhead.json").read_text()), result.stdout)
     assert (PERFORMANCE_MD.stat().st_mtime_ns if PERFORMANCE_MD.exists() else None) == before
+
+
+def _check_overhead(data, stdout):
+    """overhead.py's tables were printed and its JSON has every part for every workload (numbers unchecked)."""
+    assert "Monitor at its defaults: overhead" in stdout and "Streamed λ1 points" in stdout and "λ1 points the same budget" in stdout
+    workloads = ("transformer", "cnn_bn", "mlp")
+    by_part = {}
+    for record in data["results"]:
+        by_part.setdefault(record["part"], {})[record.get("workload")] = record
+    assert set(by_part["overhead"]) == set(by_part["streaming_accuracy"]) == set(by_part["points_per_budget"]) == set(workloads)
+    for name in workloads:
+        timing = by_part["overhead"][name]
+        assert set(timing["ratio"]) == {"watched", "watched+jsonl"} and timing["step_ms_bare"] > 0
+        assert all(timing["identical"].values())  # watching does not change training
+        for key in ("full_solves", "streamed_points", "early_points_worst", "max_gap_worst", "monitor_overhead", "final_loss"):
+            assert key in timing
+        assert len(timing["runs"]["bare"]) == len(timing["runs"]["watched"]) == data["rounds"]
+        accuracy = by_part["streaming_accuracy"][name]
+        kinds = {"lambda", "precond"} if name in ("transformer", "mlp") else {"lambda"}
+        assert set(accuracy["summary"]) == kinds and accuracy["same_as_bare"]
+        for summary in accuracy["summary"].values():
+            assert {"compared", "median_error", "max_error", "within_residual"} <= set(summary)
+        assert {"streaming_points", "ratio", "met"} <= set(by_part["points_per_budget"][name])
 
 
 def test_markdown_is_rebuilt_from_the_recorded_output_with_the_current_docstrings(tmp_path, monkeypatch):
