@@ -3,7 +3,7 @@
 The question. ``ew.Monitor(model, optimizer, loss_fn, probe=[batch])`` at its defaults keeps its own
 wall time within an overhead budget (``budget=0.05``: 5% of the training loop's) and places the
 curvature probes itself (``curvature="budget"``): a full Lanczos solve of λ_1 at attach time (step
-0), a few forced probes in the first 100 steps, then as the budget allows, with cheap "streamed"
+0), points at steps 3, 10, 30 and 100 when they fit, then as the budget allows, with cheap "streamed"
 λ_1 points (a few HVPs refreshing the kept eigenvector) between full solves. Does it keep the
 budget on real training loops, how densely does it sample λ_1, and are the streamed points right?
 
@@ -21,8 +21,11 @@ Sizes are chosen so that a training step takes a few ms on one thread (transform
 MLP ~0.7) and the whole script fits in ~3 minutes: 2,000 steps x 3 workloads x 3 rounds x 3
 variants, plus one accuracy run and one full-solves-only run per workload.
 
-The probe is ONE fixed batch of the training batch size drawn from the same data (a draw of its
-own, not one of the training minibatches). Three parts, each one table, JSON in ``<out>/overhead.json``:
+The probe is ONE fixed batch drawn from the same data (a draw of its own, not one of the
+training minibatches), a quarter of the training batch's rows by default (``--probe-fraction``):
+a probe's cost is proportional to its size, and with a whole training batch one full solve costs
+50-80 training steps here, more than the early look fits in a 5% budget (the Monitor then takes
+only the step-0 solve early; see the summary). Three parts, each one table, JSON in ``<out>/overhead.json``:
 
 1. **Overhead**: 2,000 steps per workload, bare (no Monitor) against watched at the defaults
    (``run_dir=False``) and watched with the JSONL run directory (``run_dir`` a new temporary
@@ -131,6 +134,8 @@ TARGET_ERROR = 0.02  # streamed vs a tight full solve, relative
 TARGET_POINTS = 4.0  # points(streaming) / points(full solves only), same budget
 REFERENCE_TOL, REFERENCE_HVPS = 1e-6, 300
 LAMBDA, STREAMED = "curvature/lambda_max", "curvature/streamed"
+#: The probe's rows as a share of the training batch's (a quarter by default; --probe-fraction 1 for a whole batch).
+PROBE_FRACTION = 0.25
 SECONDS = ("curvature/seconds", "monitor/probe_seconds")  # a probe's seconds, under either name
 HVPS = "monitor/probe_hvps"
 PRECOND, PRECOND_STREAMED = "curvature/precond_lambda_max", "curvature/precond/streamed"
@@ -182,23 +187,25 @@ def mlp(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def data(name: str, steps: int, smoke: bool) -> tuple[list[Batch], Batch]:
-    """The training minibatches of every step and the ONE probe batch (same data, same size)."""
+def data(name: str, steps: int, smoke: bool, probe_fraction: float = PROBE_FRACTION) -> tuple[list[Batch], Batch]:
+    """The training minibatches of every step and the ONE probe batch (same data, a fraction of
+    the training batch's rows: a probe's cost is proportional to its size)."""
     size = SIZES[name][1 if smoke else 0]
     rows = size["rows"]
+    probe_rows = max(1, round(rows * probe_fraction))
     if name == "transformer":
         tokens = _stdlib_tokens()
         return ([_windows(tokens, rows, size["seq"], seed=1000 + step) for step in range(steps)],
-                _windows(tokens, rows, size["seq"], seed=1))
+                _windows(tokens, probe_rows, size["seq"], seed=1))
     x, y = _digits()
     if name == "cnn_bn":
         x = x.view(-1, 1, 8, 8)
 
-    def draw(seed: int) -> Batch:
-        index = torch.randint(0, len(y), (rows,), generator=torch.Generator().manual_seed(seed))
+    def draw(seed: int, count: int = rows) -> Batch:
+        index = torch.randint(0, len(y), (count,), generator=torch.Generator().manual_seed(seed))
         return x[index], y[index]
 
-    return [draw(1000 + step) for step in range(steps)], draw(1)
+    return [draw(1000 + step) for step in range(steps)], draw(1, probe_rows)
 
 
 def fresh(name: str, smoke: bool) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
@@ -513,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     parser.add_argument("--no-jsonl", action="store_true", help="leave out the watched + JSONL run directory variant")
     parser.add_argument("--parts", default="1,2,3", help="1 overhead, 2 streaming accuracy, 3 points per budget")
+    parser.add_argument("--probe-fraction", type=float, default=PROBE_FRACTION,
+                        help=f"probe rows / training batch rows (default {PROBE_FRACTION})")
     args = parser.parse_args(argv)
     steps = args.steps or (30 if args.smoke else 2000)
     rounds = args.rounds or (1 if args.smoke else 3)
@@ -532,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget_results: list[dict[str, Any]] = []
         for name in names:
             wall, cpu = time.perf_counter(), _cpu_seconds()
-            batches, probe = data(name, steps, args.smoke)
+            batches, probe = data(name, steps, args.smoke, args.probe_fraction)
             sizes[name] = num_parameters(fresh(name, args.smoke)[0])
             record = None
             if 1 in parts:
@@ -549,13 +558,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
             print(f"({name}: {wall:.0f} s, CPU share {cpu / wall:.2f}, load average {loadavg():.2f})", flush=True)
             results.append({"part": f"timing of {name}", "seconds": wall, "cpu_share": cpu / wall})
-        report(timing, accuracy_results, budget_results, sizes, steps, rounds, args.smoke)
+        report(timing, accuracy_results, budget_results, sizes, steps, rounds, args.smoke, args.probe_fraction)
         results = timing + accuracy_results + budget_results + results
         info["load_average_end"] = loadavg()
     total = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{NAME}.json"
     payload = {"benchmark": NAME, "smoke": args.smoke, "machine": info, "steps": steps, "rounds": rounds,
+               "probe_fraction": args.probe_fraction,
                "parameters": sizes, "results": results, "seconds": round(total, 1)}
     path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
     print(f"\nwrote {path} ({total:.0f} s)")
@@ -563,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def report(timing: list[dict[str, Any]], accuracy_results: list[dict[str, Any]], budget_results: list[dict[str, Any]],
-           sizes: dict[str, int], steps: int, rounds: int, smoke: bool) -> None:
+           sizes: dict[str, int], steps: int, rounds: int, smoke: bool, probe_fraction: float) -> None:
     if timing:
         jsonl = "watched+jsonl" in timing[0]["ratio"]
         table(f"Monitor at its defaults: overhead on {steps}-step training loops, watched / bare "
@@ -582,7 +592,7 @@ def report(timing: list[dict[str, Any]], accuracy_results: list[dict[str, Any]],
                   "observe(loss) every step; its time includes",
                   "constructing, attaching (the step-0 solve: attach ms) and closing the Monitor. +JSONL: the same with the "
                   "JSONL run directory (a new temporary one per run).",
-                  f"Probe: ONE fixed batch of the training batch size ({batch_sizes(smoke)}), drawn from the same "
+                  f"Probe: ONE fixed batch, {probe_fraction:g} of the training batch ({batch_sizes(smoke)}), drawn from the same "
                   "data, a draw of its own.",
                   "step ms: the bare loop, median over rounds. range: watched/bare over the rounds. own overhead: "
                   "monitor.overhead (the Monitor's own time / training",
@@ -633,7 +643,7 @@ def report(timing: list[dict[str, Any]], accuracy_results: list[dict[str, Any]],
                   "HVPs: mean seconds (monitor/probe_seconds)",
                   "and HVPs (monitor/probe_hvps) of a full solve and of a streamed point in that run, everything the "
                   "probe does included. after 100: λ1 points",
-                  "after step 100 (placed by the budget; the earlier ones are taken whatever they cost). full-only (est.): "
+                  "after step 100 (placed by the budget, as are the early ones at 3, 10, 30, 100 when they fit). full-only (est.): "
                   "that run's curvature seconds spent on full solves",
                   "at their mean cost. full-only (run): a run with every point a full solve (monitor.budget.full_every = 1), "
                   "the same budget; ratio = points / its points."]))

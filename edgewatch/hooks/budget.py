@@ -15,8 +15,10 @@ more than f.
 
 The policy, at each step after the cheap metrics:
 
-1. *Early points* are always taken: step 0 (at attach, θ₀ before any update, a full solve) and
-   steps 3, 10, 30 and 100. They are streamed (a few HVPs from the kept eigenvector).
+1. *Early points*: step 0 always (at attach, θ₀ before any update, a full solve), and steps 3,
+   10, 30 and 100 whenever they fit the allowance, which before step H is f·H·(mean step), so
+   they are taken unless a probe costs a large part of H steps' budget. They are streamed (a
+   few HVPs from the kept eigenvector).
 2. After step 100, a curvature point is taken once its expected cost fits,
    own + cost ≤ allowance, and the mean cost c of a point (over a cycle of one full solve and
    seven streamed) has been earned back at the curvature's rate r since the last point (c / r
@@ -44,7 +46,8 @@ where full solves alone would have bought 8.
 
 Under ``torch.distributed`` every rank must take the same decisions: the times that decide are
 averaged over the ranks in the all-reduce the Monitor makes on cheap-metric steps anyway, and
-decisions are taken only there (the early points need none).
+decisions are taken only there (at an early step without cheap metrics, on the times of the
+last one).
 
 References:
     Gilmer, Ghorbani, Garg, Kudugunta, Neyshabur, Cardoze, Dahl, Nado, Firat 2022, A Loss
@@ -82,7 +85,7 @@ class Budget:
         fraction: the share f of training time the Monitor may spend, in (0, 1).
         horizon: H, the run length (in steps) the early spending is paid back over.
         full_every: every this many curvature points one is a full solve (1: all full).
-        early: steps with a curvature point whatever it costs (step 0 always).
+        early: steps with a curvature point whenever it fits the allowance (step 0 always).
         cheap_share: the share of the budget the per-step cheap metrics may take before they are
             thinned to every N-th step.
         clock: seconds, monotonic (a fake clock in tests).
@@ -228,8 +231,12 @@ class Budget:
         """The kind of curvature point to take after ``step``, or None. ``decide=False`` (a step
         whose times were not settled, e.g. without cheap metrics) allows only the early points."""
         kind = self.next_kind()
-        if step in self.early:
+        if step == 0:
             return kind
+        if step in self.early:
+            # Taken if it fits the horizon's allowance (decided on settled times, or on the
+            # times at the last settle when this step has none).
+            return kind if self.affords(kind) else None
         if not decide or step <= self._early_end:
             return None
         # Paced: the last point's cost is earned back at the curvature's rate before the next, so

@@ -69,15 +69,14 @@ def test_early_points_come_first_then_spending_stays_within_the_allowance():
     assert 104 <= min(gaps) and max(gaps) <= 110
 
 
-def test_the_early_phase_is_paid_back_before_new_points():
+def test_probes_too_costly_for_the_horizon_take_only_step_0_until_paid_back():
     clock = FakeClock()
     budget = Budget(0.05, horizon=1000, clock=clock)
-    cost = {"full": 2.0, "stream": 0.2}  # a full solve = 200 training steps of 10 ms
+    cost = {"full": 2.0, "stream": 0.2}  # a full solve = 200 training steps of 10 ms; f·H = 50 steps
     points = simulate(budget, clock, 8000, 0.01, 0.0, cost)
     steps = [s for s, _ in points]
-    early_spend = 2.0 + 4 * 0.2  # 2.8 s, affordable at 5% once training has run 56 s = 5,600 steps
-    assert steps[:5] == [0, 3, 10, 30, 100]
-    assert steps[5] >= early_spend / 0.05 / 0.01 - 1  # nothing more before the debt is paid
+    assert steps[0] == 0 and steps[1] > 100  # no early point fits
+    assert steps[1] >= (2.0 + 0.2) / 0.05 / 0.01 - 1  # the next one once 5% of training pays for both
     assert budget.own <= 0.05 * budget.train + cost["full"]
 
 
@@ -137,10 +136,10 @@ def watched_mlp(clock: FakeClock, probe_cost: dict[str, float], **kwargs):
 
 def test_the_monitor_places_points_where_its_budget_says():
     clock = FakeClock()
-    model, optimizer, monitor = watched_mlp(clock, {"full": 0.5, "stream": 0.05})
+    model, optimizer, monitor = watched_mlp(clock, {"full": 0.2, "stream": 0.02})
     monitor.attach()
     x, y = cases.digits(64)
-    for _ in range(400):
+    for _ in range(1500):
         optimizer.zero_grad()
         cases.cross_entropy(model, (x, y)).backward()
         clock.now += 0.01  # a 10 ms training step
@@ -149,11 +148,14 @@ def test_the_monitor_places_points_where_its_budget_says():
     streamed = list(monitor.history["curvature/streamed"].values)
     assert steps[:5] == [0, 3, 10, 30, 100]
     assert streamed[0] == 0.0 and streamed[1:5] == [1.0] * 4  # a full solve at θ0, then streamed
-    # 0.7 s spent by step 100; 5% of 1,000 steps of 10 ms is 0.5 s: nothing more until 1.4 s are
-    # allowed (step 1,400), beyond this run.
-    assert steps == [0, 3, 10, 30, 100]
+    # 0.28 s spent by step 100 of the 0.5 s allowed until step 1,000: the rest spread evenly
+    # over the steps to it, then evenly, a point every (0.2 + 7·0.02)/8 s / 5% = 85 steps (more
+    # when a streamed point escalates to a full solve, which raises the mean cost).
+    late = [s for s in steps if s > 1000]
+    gaps = [b - a for a, b in zip(late, late[1:])]
+    assert 85 <= min(gaps) and max(gaps) <= min(gaps) + 2 and max(gaps) <= 110
     assert monitor.latest["monitor/overhead"] == pytest.approx(monitor.overhead)
-    assert monitor.overhead == pytest.approx(0.7 / 4.0, rel=0.05)
+    assert 0.035 <= monitor.overhead <= 0.05 + 0.2 / 15  # within budget but for one point, and used
 
 
 def test_a_fixed_schedule_is_followed_exactly_and_warned_about_when_costly():

@@ -12,19 +12,22 @@ A probe is *full* (warm-started Lanczos to ``tol``, and everything above) or *st
 full solves the kept top eigenvector is refreshed with a few HVPs (:func:`~edgewatch.curvature.refine`:
 Lanczos steps from it until the residual meets ``stream_tol``, at most ``stream_hvps``; one to three
 while the top direction moves slowly), for H and for the preconditioned operator alike (the
-preconditioner changes every step; the vector carries over). A streamed λ₁ is reported only
-when it is trustworthy: its residual r is at most ``stream_tol`` · λ₁ (5%), so an eigenvalue lies
-within that relative distance, and, as a Ritz value, it is never above λ₁; the error is in
-practice far smaller, of order r²/(λ₁ − λ₂) (Parlett 1998, section 11.7), and the benchmark
-compares it with full solves. It must also not have fallen below
-``1 - stream_drop`` of the last reported value (a kept vector that lost the top direction shows
-as such a fall); otherwise the probe escalates to a full solve warm-started from the refreshed
-vector, on the spot, if the caller allows it (the Monitor does when its budget can pay for
-one), and else reports the streamed value with ``curvature/converged`` 0 and its residual. A
-rise needs no such check: the Ritz value is a lower bound on λ₁. ``curvature/streamed`` (and ``curvature/precond/streamed``) say which kind each λ₁
-point is: 1.0 streamed, 0.0 full. Streamed points report λ₁, its residual, the threshold and
-stability ratio, the probe loss, gradient norm and logits, but not λ₂…λ_k, the directional
-sharpness, the gradient overlap or the top direction's modules (they need a full solve).
+preconditioner changes every step; the vector carries over). A streamed λ₁ is a Ritz value, so
+never above λ₁, and its residual r bounds the distance to the nearest eigenvalue; it is
+trustworthy when r ≤ ``stream_tol`` · λ₁ (5%: the error itself is of order r²/(λ₁ − λ₂), Parlett
+1998, section 11.7, far smaller; the benchmark compares streamed points with full solves). An
+untrustworthy refresh, or one that fell below ``1 - stream_drop`` of the last reported value (a
+kept vector that lost the top direction shows as such a fall), escalates to a full solve
+warm-started from the refreshed vector, on the spot, if the caller allows it (the Monitor does
+when its budget can pay for one). A fall with a small residual that may not escalate is
+reported as it is. An untrustworthy refresh that may not escalate is not reported at all: the
+point then carries ``curvature/streamed`` 1 and ``curvature/converged`` 0 with the residual, but
+no ``curvature/lambda_max`` (for the preconditioned operator: no ``curvature/precond_lambda_max``
+and no stability ratio), so a value that may be far off never reaches a chart or a detector. ``curvature/streamed`` (and ``curvature/precond/streamed``) say
+which kind each λ₁ point is: 1.0 streamed, 0.0 full. Streamed points report λ₁, its residual,
+the threshold and stability ratio, the probe loss, gradient norm and logits, but not λ₂…λ_k,
+the directional sharpness, the gradient overlap or the top direction's modules (they need a
+full solve).
 
 Under ``torch.distributed`` each rank passes its own probe shard; every product and the gradient
 are all-reduced (:mod:`edgewatch.distributed`) and the logit statistics gathered once, so every
@@ -115,7 +118,8 @@ class CurvatureProbe:
                 self.vectors = torch.cat([top.eigenvectors, self.vectors[:, 1:]], dim=1)
             else:
                 self.vectors = top.eigenvectors if top.converged else None
-            metrics.update(_eigen_metrics("curvature", top))
+            trusted = top.converged or not was_streamed  # an unconverged full solve still reports its best
+            metrics.update(_eigen_metrics("curvature", top, value=trusted))
             metrics["curvature/streamed"] = float(was_streamed)
             if was_streamed:
                 squared = gradient.dot(gradient)
@@ -125,7 +129,7 @@ class CurvatureProbe:
                     metrics[f"curvature/lambda_{i}"] = value
                 metrics.update(self._gradient_metrics(gradient, top.eigenvectors))
                 metrics.update(self._energy_share(top.eigenvectors[:, 0]))
-            metrics.update(self._preconditioned(top, streamed, escalate))
+            metrics.update(self._preconditioned(top if trusted else None, streamed, escalate))
         return metrics
 
     def _top(self, name: str, op: Any, k: int, kept: Tensor | None, streamed: bool,
@@ -140,11 +144,12 @@ class CurvatureProbe:
             fresh = refine(op, kept, steps=self.stream_hvps, tol=self.stream_tol)
             value = fresh.eigenvalues[0].item()
             last = self._last.get(name)
-            trusted = fresh.converged and (last is None or value >= (1 - self.stream_drop) * last)
+            fell = last is not None and value < (1 - self.stream_drop) * last
             finite = bool(torch.isfinite(fresh.eigenvectors).all())
-            if trusted or (not escalate and finite):
-                self._last[name] = value
-                return fresh._replace(converged=trusted), True
+            if (fresh.converged and not fell) or (not escalate and finite):
+                if fresh.converged:
+                    self._last[name] = value
+                return fresh, True
             hvps = fresh.num_hvps
             if finite:
                 start = torch.cat([fresh.eigenvectors, kept[:, 1:]], dim=1)
@@ -170,7 +175,9 @@ class CurvatureProbe:
             shares[module_of(name)] = shares[module_of(name)] + vector[where].pow(2).sum()
         return {f"curvature/top_energy/{module or 'root'}": share for module, share in shares.items()}
 
-    def _preconditioned(self, top: EigenResult, streamed: bool, escalate: bool) -> dict[str, Tensor | float]:
+    def _preconditioned(self, top: EigenResult | None, streamed: bool, escalate: bool) -> dict[str, Tensor | float]:
+        """The preconditioned sharpness against its threshold; ``top``: H's result, None when not
+        reported (the same operator when the preconditioner is the identity)."""
         try:
             operator, info = preconditioned_operator(self.hessian, self.optimizer)
         except OptimizerStateError:  # adaptive optimizer before its first step: no preconditioner exists yet
@@ -178,6 +185,8 @@ class CurvatureProbe:
         # The threshold is c/η for the reference η (the first group that moves), stated beside it.
         metrics: dict[str, Tensor | float] = {"curvature/threshold": info.threshold, "curvature/reference_lr": info.lr}
         if operator.shift is None and bool((operator.scale == 1).all()):
+            if top is None:
+                return metrics
             sharpness = top.eigenvalues[0].item()  # S = I: the same operator
         else:
             result, was_streamed = self._top("curvature/precond", operator, 1, self.preconditioned_vectors, streamed, escalate)
@@ -188,6 +197,8 @@ class CurvatureProbe:
             sharpness = result.eigenvalues[0].item()
             metrics.update(_eigen_metrics("curvature/precond", result, value=False))
             metrics["curvature/precond/streamed"] = float(was_streamed)
+            if was_streamed and not result.converged:
+                return metrics
         metrics["curvature/precond_lambda_max"] = sharpness
         metrics["curvature/stability_ratio"] = info.ratio(sharpness)
         return metrics
