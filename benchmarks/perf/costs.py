@@ -782,7 +782,7 @@ def part_warm(names: list[str], smoke: bool) -> list[dict[str, Any]]:
 
 def part_monitor(smoke: bool, run_root: Path) -> list[dict[str, Any]]:
     spec = Training("cnn", "sgd", 0.05, 20 if smoke else 192)  # 192 steps: 12 probes every 16 steps
-    result = monitor_overhead(spec, 1 if smoke else 5, 4 if smoke else 8, run_root, smoke)
+    result = monitor_overhead(spec, 1 if smoke else 3, 4 if smoke else 8, run_root, smoke)
     o, m, span = result["overhead_pct"], result["median_s"], result["ratio_range"]
     labels = {"cheap": "(b) cheap metrics", "cheap+jsonl": "(b) + JSONL run dir", "cheap/8": "(b) every=8",
               "curv/16": "(c) curvature /16", "curv/1": "(d) curvature /1"}
@@ -806,7 +806,9 @@ def part_monitor(smoke: bool, run_root: Path) -> list[dict[str, Any]]:
           f"method=\"auto\" picked {', '.join(str(AUTO_LABEL.get(p, p)) for p in picks)} in the (c) runs.\n"
           f"CPU share of the runs {result['cpu_share']:.2f} (1.0 = the core was ours).")
     results = [result]
-    if smoke or not all(result["met"].values()):
+    # The breakdown and profiles explain a miss of the cheap metrics' target; a fixed curvature
+    # schedule's cost is what it is (overhead.py measures the Monitor's default, the budget).
+    if smoke or not result["met"]["cheap"]:
         parts = breakdown(spec, run_root, smoke)
         results.append(parts)
         columns = parts["columns"]

@@ -214,9 +214,12 @@ class Budget:
         return self.own / self.train if self.train > 0 else 0.0
 
     def cost(self, kind: str) -> float:
-        """The expected cost of the next point of ``kind``: the mean of its last few (a streamed
-        point not yet seen costs like a full one; nothing seen yet costs 0)."""
-        costs = self._costs[kind] or self._costs["full"]
+        """The expected cost of the next point of ``kind``: the mean of its last few (before the
+        first streamed point, a quarter of a full solve's: a gradient and a few HVPs against a
+        gradient and 15-30; nothing seen yet costs 0)."""
+        costs = self._costs[kind]
+        if not costs and kind == "stream":
+            return self.cost("full") / 4
         return sum(costs) / len(costs) if costs else 0.0
 
     def next_kind(self) -> Kind:
