@@ -38,7 +38,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
-# The peers side by side, HVP costs, warm starts and the Monitor's overhead (under 10 minutes): benchmarks/PERFORMANCE.md
+# The peers side by side, HVP costs, warm starts, the Monitor's overhead and its default budget (about 15 minutes): benchmarks/PERFORMANCE.md
 bench-perf: $(STAMP)
 	$(BIN)/python benchmarks/perf/run_all.py
 
