@@ -22,14 +22,16 @@ The policy, at each step after the cheap metrics:
 2. After step 100, a curvature point is taken once its expected cost fits,
    own + cost ≤ allowance, and the mean cost c of a point (over a cycle of one full solve and
    seven streamed) has been earned back at the curvature's rate r since the last point (c / r
-   of training time), so that points are spread evenly rather than spent in a burst: r = f − (the share the cheap metrics, detectors and logging take) − (what was
-   spent beyond f so far, repaid over H steps), at least f/10. Every ``full_every``-th point (default 8) is a full warm-started
-   Lanczos solve, the others streamed; the cost of each kind is the mean of its last few
-   measured costs, so a probe that escalates (a streamed point that turned into a full solve)
-   raises the price of the next ones, and the points thin out by themselves.
-   A streamed point whose refresh is not trustworthy (residual above 2% of λ₁) escalates to a
-   full solve only when the allowance has room for one; otherwise it is reported as it is,
-   unconverged, with its residual, and the next full solve sets it right.
+   of training time), so that points are spread evenly rather than spent in a burst. Before
+   step H, r spreads what is left of the allowance evenly over the steps left to H; after it,
+   r = f less what was spent beyond f so far, repaid over H steps; in both, less the share the
+   cheap metrics, detectors and logging take, and at least f/10. Every ``full_every``-th point
+   (default 8) is a full warm-started Lanczos solve, the others streamed; the cost of each kind
+   is the mean of its last few measured costs, so a probe that escalates (a streamed point that
+   turned into a full solve) raises the price of the next ones, and the points thin out by
+   themselves. A streamed point whose refresh is not trustworthy (residual above 5% of λ₁)
+   escalates to a full solve only when the allowance has room for one; otherwise its value is
+   not reported (:mod:`~edgewatch.hooks.probes.curvature`), and the next full solve sets it right.
 3. The cheap metrics are taken every step while they cost at most half the budget; when a step
    is so short that they would cost more, they are taken every N-th step, the smallest N that
    fits (``every=`` on the Monitor fixes N instead).
@@ -65,7 +67,7 @@ from typing import Any, Literal
 
 __all__ = ["EARLY_STEPS", "PENDING_FIELDS", "Budget", "Kind"]
 
-#: Curvature points always taken (besides step 0): log-spaced over the first 100 steps.
+#: Curvature points taken when they fit the allowance (besides step 0, always): log-spaced over the first 100 steps.
 EARLY_STEPS = (3, 10, 30, 100)
 
 Kind = Literal["full", "stream"]
@@ -134,7 +136,6 @@ class Budget:
         self.points = 0  # curvature points taken
         self.cheap_every = 1
         self._since_full = 0  # points since the last full solve
-        self._last_kind: Kind = "full"
         self._train_at_point = 0.0  # settled training time at the last point
         self._costs: dict[str, deque[float]] = {kind: deque(maxlen=_COST_MEMORY) for kind in ("full", "stream", "cheap")}
         self._pending = [0.0] * PENDING_FIELDS
@@ -177,7 +178,7 @@ class Budget:
         self._pending[slot + 1] += 1
         self.points += 1
         self._since_full = 0 if kind == "full" else self._since_full + 1
-        self._last_kind, self._train_at_point = kind, self.train
+        self._train_at_point = self.train
 
     def pending(self) -> list[float]:
         """What happened since the last :meth:`settle`, as :data:`PENDING_FIELDS` numbers (own and
@@ -242,7 +243,7 @@ class Budget:
             return kind if self.affords(kind) else None
         if not decide or step <= self._early_end:
             return None
-        # Paced: the last point's cost is earned back at the curvature's rate before the next, so
+        # Paced: a mean point's cost is earned back at the curvature's rate before the next, so
         # the allowance is spent evenly rather than in a burst once the early phase is over.
         rested = self.train - self._train_at_point >= self.mean_cost / self.curvature_rate
         return kind if rested and self.affords(kind) else None
@@ -278,9 +279,9 @@ class Budget:
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"own": self.own, "train": self.train, "curvature_seconds": self.curvature_seconds, "steps": self.steps, "points": self.points,
-                "since_full": self._since_full, "last_kind": self._last_kind, "train_at_point": self._train_at_point,
-                "costs": {k: list(v) for k, v in self._costs.items()},
+        return {"own": self.own, "train": self.train, "curvature_seconds": self.curvature_seconds,
+                "steps": self.steps, "points": self.points, "since_full": self._since_full,
+                "train_at_point": self._train_at_point, "costs": {k: list(v) for k, v in self._costs.items()},
                 "cheap_every": self.cheap_every}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -291,7 +292,6 @@ class Budget:
         self.steps = int(state.get("steps", self.steps))
         self.points = int(state.get("points", self.points))
         self._since_full = int(state.get("since_full", self._since_full))
-        self._last_kind = "stream" if state.get("last_kind") == "stream" else "full"
         self._train_at_point = float(state.get("train_at_point", self._train_at_point))
         for kind, costs in state.get("costs", {}).items():
             if kind in self._costs:

@@ -73,7 +73,7 @@ class StopTraining(RuntimeError):
 
 
 def default_detectors() -> list[Detector]:
-    """Every built-in detector with its documented defaults (DESIGN.md section 5)."""
+    """Every built-in detector with its documented defaults (see each detector's docstring)."""
     return [
         EdgeOfStabilityDetector(),
         SpikeDetector("loss", "loss_spike"),
@@ -257,9 +257,13 @@ class Monitor:
             return step % self._every == 0
         return step >= self._next_cheap
 
+    def _norms_turn(self) -> bool:
+        """Whether the coming step with cheap metrics is a ``norms_every``-th one."""
+        return self._cheap_taken % self._norms_every == 0
+
     def _slow_due(self, step: int) -> bool:
         """Parameter and update norms, Adam's ε share: on every ``norms_every``-th step with cheap metrics."""
-        return self._cheap_due(step) and self._cheap_taken % self._norms_every == 0
+        return self._cheap_due(step) and self._norms_turn()
 
     def _arm(self) -> None:
         """Gradients are read only in backward passes before a step with cheap metrics."""
@@ -388,7 +392,7 @@ class Monitor:
             metrics: dict[str, Any] = {}
             cheap_due = self._cheap_due(step)
             if cheap_due:
-                slow = self._cheap_taken % self._norms_every == 0
+                slow = self._norms_turn()
                 self._cheap_taken += 1
                 cheap = self._guarded("metrics", lambda: self._cheap_metrics(slow))
                 if self.process_group is not None:  # outside the guard above: every rank must take part

@@ -2,7 +2,7 @@ r"""The curvature probe: sharpness, preconditioned sharpness against its thresho
 
 On the fixed probe set, at the current θ: the top-k Hessian eigenvalues (Lanczos, warm-started
 from the previous probe's Ritz vectors), the preconditioned sharpness
-:math:`λ_1(S^{1/2}(H+W)S^{1/2})` with its threshold and the stability ratio r (DESIGN.md section 3),
+:math:`λ_1(S^{1/2}(H+W)S^{1/2})` with its threshold and the stability ratio r (:mod:`edgewatch.optimizers.stability`),
 the directional sharpness :math:`g^\top Hg / g^\top g`, the share of the gradient in the top-k
 eigenspace :math:`\|V_k^\top g\|^2/\|g\|^2` (Gur-Ari et al. 2018), and where the top eigenvector
 lives (its energy per module); and, from the same forward passes, the output and attention
@@ -23,8 +23,9 @@ when its budget can pay for one). A fall with a small residual that may not esca
 reported as it is. An untrustworthy refresh that may not escalate is not reported at all: the
 point then carries ``curvature/streamed`` 1 and ``curvature/converged`` 0 with the residual, but
 no ``curvature/lambda_max`` (for the preconditioned operator: no ``curvature/precond_lambda_max``
-and no stability ratio), so a value that may be far off never reaches a chart or a detector. ``curvature/streamed`` (and ``curvature/precond/streamed``) say
-which kind each λ₁ point is: 1.0 streamed, 0.0 full. Streamed points report λ₁, its residual,
+and no stability ratio), so a value that may be far off never reaches a chart or a detector.
+``curvature/streamed`` (and ``curvature/precond/streamed``) say which kind each λ₁ point is: 1.0
+streamed, 0.0 full. Streamed points report λ₁, its residual,
 the threshold and stability ratio, the probe loss, gradient norm and logits, but not λ₂…λ_k,
 the directional sharpness, the gradient overlap or the top direction's modules (they need a
 full solve).
@@ -121,13 +122,12 @@ class CurvatureProbe:
             trusted = top.converged or not was_streamed  # an unconverged full solve still reports its best
             metrics.update(_eigen_metrics("curvature", top, value=trusted))
             metrics["curvature/streamed"] = float(was_streamed)
-            if was_streamed:
-                squared = gradient.dot(gradient)
-                metrics["grad/probe_norm"] = squared.sqrt()
-            else:
+            squared = gradient.dot(gradient)
+            metrics["grad/probe_norm"] = squared.sqrt()
+            if not was_streamed:
                 for i, value in enumerate(top.eigenvalues.tolist()[1:], start=2):
                     metrics[f"curvature/lambda_{i}"] = value
-                metrics.update(self._gradient_metrics(gradient, top.eigenvectors))
+                metrics.update(self._gradient_metrics(gradient, squared, top.eigenvectors))
                 metrics.update(self._energy_share(top.eigenvectors[:, 0]))
             metrics.update(self._preconditioned(top if trusted else None, streamed, escalate))
         return metrics
@@ -157,16 +157,12 @@ class CurvatureProbe:
         self._last[name] = top.eigenvalues[0].item()
         return top._replace(num_hvps=top.num_hvps + hvps), False
 
-    def _gradient_metrics(self, gradient: Tensor, vectors: Tensor) -> dict[str, Tensor]:
-        squared = gradient.dot(gradient)
+    def _gradient_metrics(self, gradient: Tensor, squared: Tensor, vectors: Tensor) -> dict[str, Tensor]:
+        """gᵀHg/gᵀg (one HVP) and ‖V_kᵀg‖²/‖g‖², with ``squared`` = gᵀg."""
         tiny = torch.finfo(squared.dtype).tiny
         directional = gradient.dot(self.hessian(gradient)) / squared.clamp_min(tiny)
         overlap = (vectors.T @ gradient).pow(2).sum() / squared.clamp_min(tiny)
-        return {
-            "curvature/directional_sharpness": directional,
-            "curvature/gradient_overlap": overlap,
-            "grad/probe_norm": squared.sqrt(),
-        }
+        return {"curvature/directional_sharpness": directional, "curvature/gradient_overlap": overlap}
 
     def _energy_share(self, vector: Tensor) -> dict[str, Tensor]:
         """Which modules carry the sharpest direction: Σ v_i² over each module's coordinates."""
