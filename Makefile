@@ -11,7 +11,7 @@ EXTRAS     ?= all
 PIP_ARGS   ?=
 
 # The curvature tools bench-perf compares with, pinned, installed without their dependencies:
-# curvlinops pulls backpack, which pulls torchvision and with it another torch (DESIGN.md section 8).
+# curvlinops pulls backpack, which pulls torchvision and with it another torch.
 PEERS ?= pyhessian==0.1 hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 \
          einops==0.8.2 opt_einsum==3.4.0 einconv==0.1.0 unfoldNd==0.2.3 linear_operator==0.6.1 tqdm
 

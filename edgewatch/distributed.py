@@ -10,7 +10,7 @@ one all-reduce per product combines the shards into the product over their union
     S_r = \sum_{b \in r} |B_b|,
 
 which is exactly :math:`\sum_b w_b \nabla^2 \ell(θ; B_b) v` with :math:`w_b = |B_b| / \sum_{b'} |B_{b'}|`
-over all batches of all ranks (DESIGN.md section 4). The all-reduced vector carries two more
+over all batches of all ranks (:class:`~edgewatch.curvature._base.CurvatureOperator`). The all-reduced vector carries two more
 entries, :math:`S_r` (so no rank needs to know the others' shard sizes in advance) and a failure
 flag. The sum is the same on every rank, so every rank runs the same Lanczos iterations from the
 same seed and gets the same eigenpairs, bit for bit; only rank 0 logs.

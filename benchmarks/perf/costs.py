@@ -229,7 +229,7 @@ def hvp_times(w: Workload, smoke: bool) -> dict[str, Any]:
         "part": "hvp_time", "workload": w.name, "parameters": n, "repeats": repeats,
         "gradient_ms": 1e3 * g,
         "hvp_per_gradient": {name: medians[name] / g for name in ("db_reused", "db_fresh", "fwd_rev", "db_first")},
-        # per HVP of a 20-product solve (DESIGN.md section 4) that builds the graph once
+        # per HVP of a 20-product solve (a typical Lanczos solve) that builds the graph once
         "db_reused_solve20_per_gradient": (medians["db_first"] + 19 * medians["db_reused"]) / 20 / g,
         "auto_choice": max(set(picks["solve"]), key=picks["solve"].count), "auto_picks": picks,
         "auto_first_call_gradients": choose / g,

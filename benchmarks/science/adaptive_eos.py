@@ -93,7 +93,7 @@ NAME = "adaptive_eos"
 PAPER = "Cohen et al. 2022"
 BETAS = (0.9, 0.999)
 EPS = 1e-8  # small: ε must not swamp √v̂, or Adam is plain momentum GD (check adam/epsilon_fraction)
-CONSTANT = (2 + 2 * BETAS[0]) / (1 - BETAS[0])  # 38 at β1 = 0.9 (DESIGN.md section 3)
+CONSTANT = (2 + 2 * BETAS[0]) / (1 - BETAS[0])  # 38 at β1 = 0.9 (Cohen et al. 2022)
 MLP_WIDTHS = (64, 100, 100, 100, 10)
 CNN_CHANNELS = 8
 

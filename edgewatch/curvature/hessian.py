@@ -1,6 +1,6 @@
 r"""The Hessian of the probe loss as a linear operator, :math:`v \mapsto Hv`.
 
-:math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (DESIGN.md section 3), applied by one of
+:math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (:class:`~edgewatch.curvature._base.CurvatureOperator`), applied by one of
 the two methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
 and loss and keeps the faster one that agrees with double backward; under ``torch.distributed``
 every rank keeps the same one (the slowest rank's timings decide).

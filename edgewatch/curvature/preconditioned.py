@@ -1,7 +1,7 @@
 r"""A diagonally preconditioned operator, :math:`v \mapsto S^{1/2} (H + W) S^{1/2} v`.
 
 For an update :math:`θ \leftarrow θ - η D m` with a fixed diagonal preconditioner D, stability along
-an eigendirection of :math:`D^{1/2} H D^{1/2}` depends on its eigenvalue alone (DESIGN.md section 3;
+an eigendirection of :math:`D^{1/2} H D^{1/2}` depends on its eigenvalue alone (:mod:`edgewatch.optimizers.stability`;
 Cohen et al. 2022), so Lanczos on this operator gives the preconditioned sharpness directly. The
 optional diagonal shift W is coupled weight decay (a term :math:`\tfrac{w}{2}\|θ\|^2` in the loss the
 optimizer actually descends). The operator knows nothing of optimizers: the scale S and the shift W

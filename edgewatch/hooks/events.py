@@ -1,8 +1,8 @@
 """Events: what a run did that a person should hear about, and the detectors that notice it.
 
-An event is a plain record ``{step, kind, severity, message, values}`` (DESIGN.md section 5). A
-detector reads the metrics of one step (a flat ``dict[str, float]`` with the names of DESIGN.md
-section 6) and returns the events they signal. Detectors are framework-free (like Lightning
+An event is a plain record ``{step, kind, severity, message, values}``. A
+detector reads the metrics of one step (a flat ``dict[str, float]`` with the names the README
+lists) and returns the events they signal. Detectors are framework-free (like Lightning
 Fabric's ``SpikeDetection``) and carry their history in ``state_dict()`` so a resumed run
 continues as if never stopped.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["KINDS", "SEVERITIES", "Detector", "Event"]
 
-#: Event kinds edgewatch raises (DESIGN.md section 5).
+#: Event kinds edgewatch raises.
 KINDS = (
     "eos_reached",
     "eos_sustained",

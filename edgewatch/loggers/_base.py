@@ -1,7 +1,7 @@
 """The logger interface, the fan-out to several loggers, and logger specs like ``"jsonl:runs/exp1"``.
 
-A logger receives plain data only (DESIGN.md section 2): the run's ``meta`` dict once, then
-``log(metrics, step)`` with a flat ``dict[str, float]`` named as in DESIGN.md section 6, and
+A logger receives plain data only: the run's ``meta`` dict once, then
+``log(metrics, step)`` with a flat ``dict[str, float]`` named as the README lists, and
 ``log_event(record)`` with an event record ``{step, kind, severity, message, values}``
 (:meth:`edgewatch.Event.to_dict`). Every method of the base is a no-op, so a logger overrides
 only what it uses.

@@ -1,4 +1,4 @@
-"""The JSONL run directory: edgewatch's own record of a run, always on (DESIGN.md section 6).
+"""The JSONL run directory: edgewatch's own record of a run, always on.
 
 ::
 

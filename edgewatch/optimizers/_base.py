@@ -4,7 +4,7 @@ Every supported update is, on the local quadratic and with its preconditioner he
 :math:`θ \leftarrow θ - η D m` with m a momentum average of the gradient of
 :math:`L + \tfrac{w}{2}\|θ\|^2` (w the coupled weight decay, if any). It is stable along an
 eigendirection of :math:`D^{1/2}(H + wI)D^{1/2}` with eigenvalue λ iff :math:`ηλ < c`, where the
-stability constant c depends only on the momentum rule (DESIGN.md section 3). An adapter reports
+stability constant c depends only on the momentum rule (:mod:`edgewatch.optimizers.stability`). An adapter reports
 these four things from the live optimizer's hyperparameters and state; nothing else about the
 optimizer is needed.
 """

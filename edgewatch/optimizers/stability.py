@@ -22,7 +22,7 @@ others have some) get S = 0: they do not move.
 
 References:
     Cohen et al. 2021, https://arxiv.org/abs/2103.00065; Cohen et al. 2022,
-    https://arxiv.org/abs/2207.14484 (DESIGN.md section 3).
+    https://arxiv.org/abs/2207.14484.
 """
 
 from __future__ import annotations

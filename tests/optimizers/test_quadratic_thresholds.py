@@ -1,5 +1,5 @@
 """Every threshold is an experimental fact: at r = 0.97 the real optimizer stays bounded on a
-quadratic, at r = 1.03 it diverges along the top eigendirection (DESIGN.md section 3).
+quadratic, at r = 1.03 it diverges along the top eigendirection (:mod:`edgewatch.optimizers.stability`).
 
 For each row of the table, L(θ) = ½ θᵀAθ with a known spectrum, the real torch.optim optimizer with
 its preconditioner held fixed (state pre-filled, β2 or α so close to 1 that it cannot move within

@@ -1,6 +1,6 @@
 r"""Edge of stability: the stability ratio reaching 1, staying there, and the sharpening before it.
 
-The stability ratio :math:`r = η λ_1(D^{1/2} H D^{1/2}) / c` (DESIGN.md section 3) is 1 at the
+The stability ratio :math:`r = η λ_1(D^{1/2} H D^{1/2}) / c` (:mod:`edgewatch.optimizers.stability`) is 1 at the
 edge of stability. Gradient descent typically sharpens progressively (λ_1 rises) until r reaches
 1, then hovers there while the loss keeps falling non-monotonically (Cohen et al. 2021); adaptive
 methods do the same with the preconditioned sharpness against 38/η (Cohen et al. 2022).

@@ -1,7 +1,7 @@
 r"""Spikes in a scalar series (loss, gradient norm), and catapults: a loss spike then a sharpness drop.
 
 A value is a spike when it lies more than ``sigmas`` standard deviations above the mean of the
-last ``window`` values (default 6σ over 128 steps, DESIGN.md section 5) or above ``factor`` times
+last ``window`` values (default 6σ over 128 steps) or above ``factor`` times
 the largest value seen so far (default 10×). Spikes are kept out of the window, so a run of them
 stays visible.
 
