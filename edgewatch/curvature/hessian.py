@@ -3,7 +3,11 @@ r"""The Hessian of the probe loss as a linear operator, :math:`v \mapsto Hv`.
 :math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (:class:`~edgewatch.curvature._base.CurvatureOperator`), applied by one of
 the two methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
 and loss and keeps the faster one that agrees with double backward; under ``torch.distributed``
-every rank keeps the same one (the slowest rank's timings decide).
+every rank keeps the same one (the slowest rank's timings decide). On the CPU with the gradient
+graph reused it takes double backward without measuring: there a product reusing the graph is
+one backward pass, and forward-over-reverse (a forward and a backward pass with dual numbers)
+was 1.5-2.9x slower on every model ``benchmarks/perf/costs.py`` tried, while the measurement
+itself costs about 12 products, as much as a whole solve on a small model.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ _EXPECTED_HVPS_PER_SOLVE = 20
 # slower per product), and double backward is the one every model supports.
 _AUTO_MARGIN = 0.15
 _AUTO_REPEATS = 3
+# Whether "auto" measures on the CPU with the graph reused (a test switch: it never pays there).
+_AUTO_TIMES_CPU = False
 
 
 class HessianOperator(CurvatureOperator):
@@ -57,7 +63,8 @@ class HessianOperator(CurvatureOperator):
             each rank its own probe shard; products are all-reduced).
         method: ``"double_backward"``, ``"forward_over_reverse"`` or ``"auto"``: time both once
             for this model and loss (on a random vector, outside the HVP count), keep the faster
-            one that matches double backward, and remember the choice. Under a process group
+            one that matches double backward, and remember the choice (on the CPU with
+            ``reuse_graph``: double backward, unmeasured). Under a process group
             every rank times (at its first product, never from a remembered choice) and the
             slowest rank's timings decide, so that all ranks use the same method.
         reuse_graph: keep the gradient graph between the products of one solve (double backward
@@ -155,6 +162,11 @@ class HessianOperator(CurvatureOperator):
         the same choice; a rank whose timing raises joins that all-reduce (its costs infinite),
         takes the common choice, and only then raises (its product is then agreed to have failed).
         """
+        if self.device.type == "cpu" and self.reuse_graph and not _AUTO_TIMES_CPU:
+            self._method = "double_backward"
+            if self.process_group is None:
+                _AUTO_CHOICES[self._signature()] = self._method
+            return
         error: Exception | None = None
         try:
             costs = self._time_methods()

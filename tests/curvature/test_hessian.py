@@ -191,7 +191,24 @@ def test_tuple_input_gives_tuple_output_and_counts(mlp_case):
     assert op.shape == (n, n) and op.device == torch.device("cpu") and op.dtype == torch.float64
 
 
+def test_auto_takes_double_backward_on_the_cpu_without_timing(monkeypatch):
+    """With the graph reused, forward-over-reverse never wins on the CPU: "auto" does not pay to time it."""
+    hessian_module._AUTO_CHOICES.clear()
+
+    def must_not_time(self):
+        raise AssertionError("auto timed the methods on the CPU")
+
+    monkeypatch.setattr(HessianOperator, "_time_methods", must_not_time)
+    model, probe = cases.mlp(), cases.digits_probe()
+    op = HessianOperator(model, cases.cross_entropy, probe, method="auto", dtype=torch.float64)
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    reference = HessianOperator(model, cases.cross_entropy, probe, method="double_backward", dtype=torch.float64)(v)
+    assert torch.equal(op(v), reference) and op.method == "double_backward"
+    assert op.num_hvps == 1  # no product spent on measuring
+
+
 def test_auto_picks_a_correct_method_and_remembers_it(monkeypatch):
+    monkeypatch.setattr(hessian_module, "_AUTO_TIMES_CPU", True)  # measure as on other devices
     hessian_module._AUTO_CHOICES.clear()
     model, probe = cases.mlp(), cases.digits_probe()
     op = HessianOperator(model, cases.cross_entropy, probe, method="auto", dtype=torch.float64)
@@ -231,7 +248,7 @@ def test_auto_leaves_double_backward_only_for_a_clearly_faster_method(monkeypatc
     assert op.method == expected
 
 
-def test_auto_falls_back_when_forward_mode_fails():
+def test_auto_falls_back_when_forward_mode_fails(monkeypatch):
     """A custom autograd.Function without a jvp rule rules forward-over-reverse out."""
 
     class Square(torch.autograd.Function):
@@ -253,6 +270,7 @@ def test_auto_falls_back_when_forward_mode_fails():
         def forward(self, x):
             return Square.apply(self.w * x).sum()
 
+    monkeypatch.setattr(hessian_module, "_AUTO_TIMES_CPU", True)
     hessian_module._AUTO_CHOICES.clear()
     op = HessianOperator(Model(), lambda m, x: m(x), [torch.ones(2)], method="auto")
     with pytest.warns(UserWarning, match="forward-over-reverse HVP unavailable"):

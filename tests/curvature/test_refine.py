@@ -130,3 +130,31 @@ def test_streamed_preconditioned_sharpness_matches_a_full_solve_for_adam():
     reference = lanczos(operator, k=1, tol=1e-10, max_hvps=400).eigenvalues.item()
     assert streamed["curvature/precond/streamed"] == 1.0
     assert abs(streamed["curvature/precond_lambda_max"] - reference) <= 0.02 * reference
+
+
+def test_the_first_preconditioned_point_streams_from_the_hessians_vector_when_it_may_not_escalate():
+    """Adam has no preconditioner at step 0, so the first streamed point has no kept vector of its
+    own: it refines H's top vector (a few HVPs) instead of running the full solve nobody paid for."""
+    torch.manual_seed(0)
+    model = cases.mlp(seed=0, dtype=torch.float64)
+    probe = [(x.double(), y) for x, y in cases.digits_probe(sizes=(64,))]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    curvature = CurvatureProbe(model, optimizer, cases.cross_entropy, probe, tol=1e-8, max_hvps=200)
+    at_zero = curvature.measure()
+    assert "curvature/precond_lambda_max" not in at_zero and curvature.preconditioned_vectors is None
+    for _ in range(3):
+        optimizer.zero_grad()
+        cases.cross_entropy(model, probe[0]).backward()
+        optimizer.step()
+    streamed = curvature.measure(streamed=True, escalate=False)
+    assert streamed["curvature/precond/streamed"] == 1.0
+    assert streamed["curvature/precond/hvps"] <= curvature.stream_hvps
+    assert curvature.preconditioned_vectors is not None  # the next point refines its own vector
+    if streamed["curvature/precond/converged"] == 1.0:  # a value is reported only when trustworthy
+        from edgewatch.optimizers import preconditioned_operator
+
+        operator, _ = preconditioned_operator(HessianOperator(model, cases.cross_entropy, probe), optimizer)
+        reference = lanczos(operator, k=1, tol=1e-10, max_hvps=400).eigenvalues.item()
+        assert reference - streamed["curvature/precond_lambda_max"] <= streamed["curvature/precond/lambda_max_residual"]
+    else:
+        assert "curvature/precond_lambda_max" not in streamed

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import cases
 from edgewatch.curvature import HessianOperator, lanczos
+from edgewatch.curvature import hessian as hessian_module
 from edgewatch.hooks.probes.curvature import CurvatureProbe
 from shards import probe_shard, union
 from spawning import run_ranks
@@ -69,6 +70,7 @@ def measure(rank: int | None, dtype: torch.dtype, wrap) -> dict:
 
 
 def _worker(rank: int, world_size: int, out: str) -> None:
+    hessian_module._AUTO_TIMES_CPU = True  # "auto" measures, as on other devices: the ranks must agree
     results = {
         str(dtype): measure(rank, dtype, DistributedDataParallel) for dtype in (torch.float64, torch.float32)
     }

@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import cases
 from edgewatch import Monitor, Schedule
+from edgewatch.curvature import hessian as hessian_module
 from shards import batch, probe_shard
 from spawning import run_ranks
 
@@ -77,6 +78,7 @@ def train(rank: int, method: str | None, failures: dict[int, tuple[int, int]], c
 
 
 def _worker(rank: int, world_size: int, out: str) -> None:
+    hessian_module._AUTO_TIMES_CPU = True  # "auto" measures, as on other devices (a failure in it must be agreed)
     # rank 1 has one probe batch, rank 0 two: forward-over-reverse calls loss_fn once per batch and product.
     results = {
         "plain": train(rank, None, {}),

@@ -133,11 +133,15 @@ class CurvatureProbe:
         return metrics
 
     def _top(self, name: str, op: Any, k: int, kept: Tensor | None, streamed: bool,
-             escalate: bool = True) -> tuple[EigenResult, bool]:
-        """λ₁ (top-k when full) of ``op``: refreshed from ``kept`` when ``streamed`` and the
-        refresh is trustworthy (or escalating is not allowed), else a full solve warm-started
-        from the best vector at hand."""
+             escalate: bool = True, fallback: Tensor | None = None) -> tuple[EigenResult, bool]:
+        """λ₁ (top-k when full) of ``op``: refreshed from ``kept`` (or, with none kept, from
+        ``fallback``) when ``streamed`` and the refresh is trustworthy (or escalating is not
+        allowed), else a full solve warm-started from the best vector at hand."""
         kept = _finite(kept)
+        if kept is None and streamed:
+            # No vector of this operator's yet (Adam's preconditioner appears after its first
+            # step): a related one is a better start than a full solve the budget did not ask for.
+            kept = _finite(fallback)
         start = kept
         hvps = 0
         if streamed and kept is not None:
@@ -185,7 +189,8 @@ class CurvatureProbe:
                 return metrics
             sharpness = top.eigenvalues[0].item()  # S = I: the same operator
         else:
-            result, was_streamed = self._top("curvature/precond", operator, 1, self.preconditioned_vectors, streamed, escalate)
+            result, was_streamed = self._top("curvature/precond", operator, 1, self.preconditioned_vectors, streamed,
+                                             escalate, fallback=None if self.vectors is None else self.vectors[:, :1])
             if was_streamed or result.converged:
                 self.preconditioned_vectors = result.eigenvectors
             else:
