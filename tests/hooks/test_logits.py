@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +85,42 @@ def test_logit_metrics_come_with_every_curvature_probe():
     for name in ("logits/max", "logits/log_z_mean", "logits/log_z_max", "logits/z_loss", "attn/max_logit",
                  "attn/max_logit/0", "attn/entropy_mean", "attn/entropy_min"):
         assert name in monitor.latest and math.isfinite(monitor.latest[name]), name
+
+
+class HandAttention(nn.Module):
+    """A user's own attention (matmul + softmax): its class name ends in Attention, like transformers'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return (q @ k.transpose(-2, -1) / math.sqrt(8)).softmax(-1) @ v
+
+
+def test_a_users_own_attention_is_not_reported_as_unseen_transformers_attention():
+    model = HandAttention()
+    recorder = LogitRecorder(model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*attention logits")
+        with torch.no_grad(), recorder.recording():
+            model(torch.randn(2, 5, 8))
+    assert "logits/max" in recorder.metrics() and "attn/max_logit" not in recorder.metrics()
+
+
+def test_recording_needs_no_transformers():
+    """Optional integrations stay optional: with transformers unimportable, edgewatch imports and
+    records, and never tries to import it."""
+    script = (
+        "import sys; sys.modules['transformers'] = None\n"  # makes `import transformers` raise
+        "sys.path.insert(0, 'tests')\n"
+        "import torch, cases, edgewatch\n"
+        "from edgewatch.hooks.probes.logits import LogitRecorder\n"
+        "model = cases.block(); recorder = LogitRecorder(model)\n"
+        "with torch.no_grad(), recorder.recording():\n"
+        "    model(cases.token_probe(batches=1)[0][:, :-1])\n"
+        "assert 'attn/max_logit/0' in recorder.metrics()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", script], cwd=root, check=True, timeout=120)

@@ -9,7 +9,11 @@ Attention logits :math:`s = q \cdot k / \sqrt{d}` before the softmax (and before
 :math:`H = -\sum p \log p` per query (mean and min, over queries that see at least two keys). Fused SDPA kernels never materialize s, so for
 the probe forward ``torch.nn.functional.scaled_dot_product_attention`` is wrapped to compute it
 from q and k (respecting the causal mask and boolean or additive masks), and
-``nn.MultiheadAttention`` layers are read from their inputs and in-projection.
+``nn.MultiheadAttention`` layers are read from their inputs and in-projection. Hugging Face
+models with ``attn_implementation="eager"`` compute attention by their own matmul in
+``eager_attention_forward``, which is wrapped the same way (:mod:`.hf_attention`); a transformers
+attention module that runs without either being called (another kernel, or attention code of its
+own) is reported once with a warning naming ``attn_implementation="sdpa"``, the fix.
 
 References:
     Wortsman et al. 2023, Small-scale proxies for large-scale Transformer training instabilities,
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgewatch.distributed import gather
+from edgewatch.hooks.probes import hf_attention
 
 __all__ = ["LogitRecorder", "output_logit_metrics"]
 
@@ -64,10 +70,15 @@ class LogitRecorder:
         self._attention: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}  # call index -> per batch
         self._call = 0
         self._inside_mha = 0
+        self._seen = 0  # attention calls recorded so far, to tell which modules were not seen
+        self._entered: list[int] = []  # ``_seen`` when each running transformers attention module began
+        self._unseen: dict[str, str | None] = {}  # class name -> its attn_implementation
+        self._warned_unseen = False
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
-        self._outputs, self._attention = [], {}
+        """Records the forward passes run inside the block (the previous recording is dropped)."""
+        self._outputs, self._attention, self._entered = [], {}, []
         handles = [
             self.model.register_forward_pre_hook(self._new_forward),
             self.model.register_forward_hook(self._record_output),
@@ -76,15 +87,20 @@ class LogitRecorder:
             if isinstance(module, nn.MultiheadAttention):
                 handles.append(module.register_forward_pre_hook(self._record_mha, with_kwargs=True))
                 handles.append(module.register_forward_hook(self._leave_mha))
+        for module in hf_attention.attention_modules(self.model):
+            handles.append(module.register_forward_pre_hook(self._enter_hf_attention))
+            handles.append(module.register_forward_hook(self._leave_hf_attention))
         original = F.scaled_dot_product_attention
         F.scaled_dot_product_attention = self._sdpa(original)
         try:
-            yield
+            with hf_attention.eager_recorded(self.model, self._record_eager):
+                yield
         finally:
             F.scaled_dot_product_attention = original
             for handle in handles:
                 handle.remove()
             self._inside_mha = 0
+        self._warn_unseen()
 
     def metrics(self, process_group: Any = None) -> dict[str, Tensor]:
         """The metrics of the batches recorded since :meth:`recording` began (of every rank of
@@ -129,6 +145,44 @@ class LogitRecorder:
             return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
 
         return wrapped
+
+    def _record_eager(self, module: nn.Module, query: Tensor, key: Tensor, mask: Tensor | None,
+                      scaling: float | None, bias: Tensor | None) -> None:
+        """One transformers ``eager_attention_forward`` call: ``softmax(q·kᵀ·scaling + bias + mask)``,
+        the mask additive and already causal (so no ``is_causal``); some modeling files pass a
+        mask longer than the keys and slice it themselves, as done here. A position bias is part
+        of the mask, as transformers' own SDPA path passes it, so the max logit stays q·kᵀ·scaling
+        and the entropy is that of the weights the model uses. (Gemma-2's soft-capping and
+        gpt-oss's sink logits are not applied: the entropy is that of the uncapped, sinkless logits.)"""
+        if mask is not None and mask.ndim == 4:
+            mask = mask[..., : key.shape[-2]]
+        if bias is not None and bias.is_floating_point():
+            if mask is None:
+                mask = bias
+            else:
+                mask = bias.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else bias + mask
+        self._record_scores(query, key, mask, False, scaling)
+
+    def _enter_hf_attention(self, module: nn.Module, args: Any) -> None:
+        self._entered.append(self._seen)
+
+    def _leave_hf_attention(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._entered and self._entered.pop() == self._seen:
+            self._unseen.setdefault(type(module).__name__, hf_attention.attn_implementation(module, self.model))
+
+    def _warn_unseen(self) -> None:
+        """Once per recorder: transformers attention modules ran but no attention call was seen."""
+        if not self._unseen or self._warned_unseen:
+            return
+        self._warned_unseen = True
+        names = ", ".join(sorted(self._unseen))
+        implementations = ", ".join(sorted({repr(i) for i in self._unseen.values()}))
+        warnings.warn(
+            f"edgewatch: the attention logits of {names} (attn_implementation={implementations}) are not "
+            "seen, so attn/max_logit and the attention entropy leave them out; load the model with "
+            'attn_implementation="sdpa" to measure them.',
+            stacklevel=4,  # past the context manager, to the caller's with statement
+        )
 
     def _leave_mha(self, module: nn.Module, args: Any, output: Any) -> None:
         self._inside_mha -= 1
@@ -187,6 +241,7 @@ class LogitRecorder:
             rows = allowed.sum(-1) >= 2  # a query with one key to look at has entropy 0 by force
             self._attention.setdefault(self._call, []).append((largest, entropy[rows].mean(), entropy[rows].min()))
             self._call += 1
+            self._seen += 1
 
 
 def _over_batches(per_batch: list[tuple[str, str, Tensor]], process_group: Any) -> dict[str, Tensor]:
