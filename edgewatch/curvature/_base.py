@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, Union, runtime_checkable
 
@@ -185,9 +186,12 @@ class CurvatureOperator:
     tensors, so it fails or updates the model's own BatchNorm statistics.
 
     Raises:
-        ValueError: empty probe, unknown or frozen parameters, a ``loss_fn`` that cannot take
-            ``(model, batch)``.
-        TypeError: ``params`` of an unsupported kind, a batch whose size cannot be inferred.
+        ValueError: empty probe, a probe batch holding NaN or inf, unknown or frozen parameters,
+            a ``loss_fn`` that cannot take ``(model, batch)``, ``train`` not True/False/None, a
+            non-integer ``seed``, ``weights`` that are negative, non-finite, all zero or not one
+            per batch.
+        TypeError: ``params`` of an unsupported kind, a batch whose size cannot be inferred, a
+            ``dtype`` that is not a torch dtype.
         NotImplementedError: FSDP-sharded (DTensor) parameters, not supported yet.
     """
 
@@ -208,7 +212,11 @@ class CurvatureOperator:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        _check_loss_signature(loss_fn)
+        check_loss_fn(loss_fn)
+        check_train(train)
+        check_seed(seed)
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch floating dtype such as torch.float64, or None, got {dtype!r}")
         reject_sharded(model)
         model = _unwrap(model)
         self.model = model
@@ -467,8 +475,9 @@ class CurvatureOperator:
         return tuple(_usable(t.to(device=self._device, dtype=self._dtype)) for t in v)
 
 
-# -- helpers for the constructor ---------------------------------------------------------------
-def _check_loss_signature(loss_fn: Any) -> None:
+# -- checks of the constructor's arguments (the Monitor and the trainer callbacks use them too) ---
+def check_loss_fn(loss_fn: Any) -> None:
+    """``loss_fn`` can be called as ``loss_fn(model, batch)``."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
     try:
@@ -482,6 +491,69 @@ def _check_loss_signature(loss_fn: Any) -> None:
             f"loss_fn must accept two positional arguments (model, batch), but its signature is "
             f"{signature}: {error}"
         ) from None
+
+
+def check_train(train: Any) -> None:
+    """``train`` is True (train mode), False (eval mode) or None (each module's mode as it is)."""
+    if train is not None and not isinstance(train, bool):
+        raise ValueError(f"train must be True (train mode), False (eval mode) or None (modes as they are), got {train!r}")
+
+
+def check_seed(seed: Any) -> None:
+    """``seed`` is an int: batch b is evaluated with dropout seed ``seed + b``."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer (the probe's dropout seed), got {seed!r}; e.g. seed=0")
+
+
+def check_probe_batches(probe: Any) -> list:
+    """The probe as a list of batches, refused when it is one batch, empty, or holds NaN or inf.
+
+    A probe batch is fixed for the whole run: one non-finite input value makes every curvature
+    value NaN, which the ``nonfinite`` detector would report (and ``stop_on`` stop on) as if the
+    training run had diverged.
+    """
+    _check_probe_kind(probe)
+    batches = list(probe)
+    if not batches:
+        raise ValueError("the probe is empty; pass a list with at least one batch")
+    for index, batch in enumerate(batches):
+        _check_finite(index, batch)
+    return batches
+
+
+def _check_probe_kind(probe: Any) -> None:
+    if isinstance(probe, (Tensor, Mapping)):
+        raise TypeError(
+            f"probe must be a list of batches, got a single {type(probe).__name__}; wrap it: [batch]"
+        )
+    if isinstance(probe, (str, bytes)) or not isinstance(probe, Iterable):
+        raise TypeError(f"probe must be a list of batches, got {type(probe).__name__}")
+
+
+def _check_finite(index: int, batch: Batch) -> None:
+    for where, tensor in _floating_tensors(batch, f"probe[{index}]"):
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        what, count = ("NaN", nan) if nan else ("inf", int((~finite).sum()))
+        raise ValueError(
+            f"probe batch {index} contains {what} ({count} of {tensor.numel()} values of {where}); "
+            "replace or clean that batch: the probe is fixed, so every curvature value would be NaN"
+        )
+
+
+def _floating_tensors(batch: Batch, where: str) -> Iterable[tuple[str, Tensor]]:
+    """The floating (and complex) tensors of a batch, at any depth, with where each sits."""
+    if isinstance(batch, Tensor):
+        if batch.is_floating_point() or batch.is_complex():
+            yield where, batch
+    elif isinstance(batch, Mapping):
+        for key, value in batch.items():
+            yield from _floating_tensors(value, f"{where}[{key!r}]")
+    elif isinstance(batch, (list, tuple)):
+        for position, value in enumerate(batch):
+            yield from _floating_tensors(value, f"{where}[{position}]")
 
 
 def _select_parameters(model: nn.Module, params: ParamSpec) -> tuple[str, ...]:
@@ -569,15 +641,11 @@ def _usable(tensor: Tensor) -> Tensor:
 
 
 def _materialize_probe(probe: Iterable[Batch], device: torch.device, dtype: torch.dtype) -> list:
-    if isinstance(probe, (Tensor, Mapping)):
-        raise TypeError(
-            f"probe must be a list of batches, got a single {type(probe).__name__}; wrap it: [batch]"
-        )
+    _check_probe_kind(probe)
     with torch.inference_mode(False):  # the copies must be usable by autograd later
         batches = [_to_device(batch, device, dtype) for batch in probe]
-    if not batches:
-        raise ValueError("the probe is empty; pass a list with at least one batch")
-    return batches
+    # Checked after the cast: float64 data beyond float32's range becomes inf there.
+    return check_probe_batches(batches)
 
 
 def _batch_size(batch: Batch) -> int | None:
@@ -601,9 +669,15 @@ def _normalized_weights(probe: list, weights: Sequence[float] | None) -> tuple[t
                 "in it); pass weights=[...] with one weight per batch"
             )
         weights = sizes  # type: ignore[assignment]
-    if len(weights) != len(probe):
-        raise ValueError(f"weights has {len(weights)} entries for {len(probe)} probe batches")
-    total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights):
-        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    return tuple(float(w) / total for w in weights), total
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable):
+        raise TypeError(f"weights must be a list with one number per probe batch, got {type(weights).__name__}")
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise TypeError(f"weights must be numbers, one per probe batch, got {list(weights)!r}") from None
+    if len(values) != len(probe):
+        raise ValueError(f"weights has {len(values)} entries for {len(probe)} probe batches; give one per batch")
+    total = sum(values)
+    if not all(math.isfinite(w) and w >= 0 for w in values) or total <= 0:
+        raise ValueError(f"weights must be finite, non-negative and not all zero, got {values}; e.g. the batch sizes")
+    return tuple(w / total for w in values), total

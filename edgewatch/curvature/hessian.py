@@ -95,8 +95,9 @@ class HessianOperator(CurvatureOperator):
         weights: Sequence[float] | None = None,
         process_group: GroupSpec = None,
     ) -> None:
-        if method not in (*HVP_METHODS, "auto"):
-            raise ValueError(f"method must be one of {HVP_METHODS + ('auto',)}, got {method!r}")
+        check_method(method)
+        if not isinstance(reuse_graph, bool):
+            raise ValueError(f"reuse_graph must be True or False, got {reuse_graph!r}")
         super().__init__(
             model, loss_fn, probe, params, dtype=dtype, train=train, seed=seed, weights=weights,
             process_group=process_group,
@@ -227,6 +228,13 @@ class HessianOperator(CurvatureOperator):
             )
             del costs["forward_over_reverse"]
         return costs
+
+
+def check_method(method: object) -> None:
+    """``method`` is one of :data:`HVP_METHODS` or ``"auto"``."""
+    choices = (*HVP_METHODS, "auto")
+    if not isinstance(method, str) or method not in choices:
+        raise ValueError(f"method must be one of {', '.join(map(repr, choices))}, got {method!r}; \"auto\" picks the faster")
 
 
 def _relative_difference(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:

@@ -48,17 +48,21 @@ from edgewatch.hooks.detectors import (
     output_logit_divergence,
 )
 from edgewatch.hooks.budget import PENDING_FIELDS, Budget, Kind
-from edgewatch.hooks.events import KINDS, Detector, Event
+from edgewatch.hooks.events import Detector, Event
 from edgewatch.hooks.history import History
 from edgewatch.hooks.meta import run_meta
 from edgewatch.hooks.probes.curvature import CurvatureProbe
 from edgewatch.hooks.probes.grads import GradientRecorder, HostReduction, adam_epsilon_fraction, parameter_and_update_norms
 from edgewatch.hooks.schedule import Schedule
+from edgewatch.hooks.validation import check_every, check_monitor_settings, check_stop_on, check_trainable, curvature_schedule
 from edgewatch.loggers import JsonlLogger, Logger, MultiLogger, make_logger
 
 __all__ = ["Monitor", "StopTraining", "default_detectors"]
 
 CurvatureSchedule = Literal["budget"] | Schedule | int | Callable[[int], bool] | None
+
+# The Monitor's arguments that are not settings (checked on their own).
+_POSITIONAL = frozenset({"self", "model", "optimizer", "loss_fn", "probe"})
 
 # Above this projected share of training time, a fixed curvature schedule gets a warning.
 _COSTLY_SCHEDULE = 0.5
@@ -152,9 +156,23 @@ class Monitor:
     preconditioner yet, so step 0 has no preconditioned sharpness, threshold or ratio (they
     appear from step 1 on).
 
+    Every argument is checked here, at construction (:mod:`~edgewatch.hooks.validation`), so a
+    setting the probe cannot use never reaches the first probe.
+
+    An optimizer without a stability adapter (``torch.optim.LBFGS``, a Lion implementation, your
+    own ``Optimizer`` subclass) is watched all the same: curvature without a preconditioner
+    (λ_1…λ_k, the directional sharpness, the gradient overlap, the top direction's modules) is
+    measured; the preconditioned sharpness, the threshold and the stability ratio are skipped,
+    with one warning that says how to add them (``edgewatch.optimizers.register_adapter``).
+
     Raises:
-        ValueError: an optimizer that updates parameters outside the model (or none of it), a
-            probe batch that does not fit the model (the message names it), unknown ``stop_on``.
+        ValueError: a setting out of range (``k=0``, ``tol=0``, ``max_hvps`` below ``k``, NaN,
+            ...: the message names the argument, the value and the fix), an optimizer that
+            updates parameters outside the model (or none of it), an optimizer whose
+            parameters are all frozen, a probe batch that holds NaN or inf or does not fit the
+            model (the message names it), unknown ``stop_on``.
+        TypeError: a model, optimizer, loss function, detector, callback or logger of the
+            wrong kind.
     """
 
     def __init__(
@@ -185,12 +203,14 @@ class Monitor:
         process_group: GroupSpec = None,
         main_process: bool | None = None,
     ) -> None:
-        _check_optimizer(model, optimizer)
+        # Every keyword argument (the names of locals() at entry are exactly the parameters).
+        check_monitor_settings({name: value for name, value in locals().items() if name not in _POSITIONAL})
+        check_trainable(model, optimizer)
         self.model, self.optimizer = model, optimizer
         self.budget = Budget(budget)
-        self._every = _check_every(every)
-        self._norms_every = _check_every(norms_every, "norms_every")
-        self.curvature_schedule = _curvature_schedule(curvature)
+        self._every = check_every(every)
+        self._norms_every = check_every(norms_every, "norms_every")
+        self.curvature_schedule = curvature_schedule(curvature)
         self._next_cheap = 1  # with every=None: the next step whose cheap metrics are due
         self.process_group = probe_group(process_group)
         if main_process is None:  # a rank measuring alone (process_group=False) logs its own run
@@ -595,15 +615,6 @@ def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
     return host
 
 
-def check_stop_on(stop_on: Iterable[str], detectors: Sequence[Detector] | None) -> frozenset[str]:
-    """``stop_on`` as a set, checked against the kinds the detectors (default: the built-in ones) raise."""
-    kinds = frozenset(stop_on)
-    unknown = kinds - set(KINDS) - {kind for detector in detectors or () for kind in detector.kinds}
-    if unknown:
-        raise ValueError(f"stop_on has unknown event kinds {sorted(unknown)}; known: {list(KINDS)}")
-    return kinds
-
-
 def _with_run_dir(loggers: list[Logger], run_dir: str | os.PathLike | None | Literal[False]) -> list[Logger]:
     """The loggers with the JSONL run directory first, unless ``run_dir=False``."""
     named = [logger for logger in loggers if isinstance(logger, JsonlLogger)]
@@ -617,44 +628,6 @@ def _with_run_dir(loggers: list[Logger], run_dir: str | os.PathLike | None | Lit
 def _optimized(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     """The parameters the optimizer updates, in its order."""
     return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-
-
-def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    own = {id(p) for p in model.parameters()}
-    updated = [p for group in optimizer.param_groups for p in group["params"]]
-    foreign = sum(id(p) not in own for p in updated)
-    if foreign or not updated:
-        raise ValueError(
-            f"the optimizer updates {foreign} of its {len(updated)} parameters outside the model; "
-            "build it from model.parameters() of the model you pass to the Monitor"
-        )
-
-
-def _check_every(every: int | None, name: str = "every") -> int | None:
-    if every is None and name == "every":
-        return None
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        allowed = " or None (as the budget allows)" if name == "every" else ""
-        raise ValueError(f"{name} must be a positive number of steps{allowed}, got {every!r}")
-    return every
-
-
-def _curvature_schedule(curvature: CurvatureSchedule) -> Literal["budget"] | Callable[[int], bool] | None:
-    """``curvature=`` as the Monitor uses it: "budget", a callable step -> bool, or None."""
-    if curvature is None or curvature == "budget" or isinstance(curvature, Schedule):
-        return curvature
-    if isinstance(curvature, int) and not isinstance(curvature, bool):
-        if curvature < 1:
-            raise ValueError(f"curvature={curvature}: give a positive number of steps, \"budget\" or None to turn curvature off")
-        return Schedule(every=curvature)
-    if callable(curvature):
-        return curvature
-    raise ValueError(
-        f"curvature must be \"budget\" (the default), a number of steps, a Schedule, a callable step -> bool, "
-        f"or None (off); got {curvature!r}"
-    )
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None] | None:

@@ -33,6 +33,7 @@ import torch
 
 from edgewatch._optional import require
 from edgewatch.curvature._base import LossFn
+from edgewatch.hooks.validation import check_callback_arguments
 from edgewatch.integrations._adapter import Adapter
 
 L = require("lightning", "lightning", what="edgewatch.integrations.lightning")
@@ -59,14 +60,18 @@ class EdgewatchCallback(Adapter, L.Callback):
         stopped_by: the event that stopped training, if any.
 
     Raises:
-        ValueError: unknown ``stop_on`` kinds; at train start, a module without optimizers or the
-            Monitor's own checks (a probe batch that does not fit the model).
+        ValueError, TypeError: at construction, a bad ``loss_fn``, an empty probe or one holding
+            NaN or inf, unknown ``stop_on`` kinds, or a Monitor argument in ``monitor_kwargs``
+            that the Monitor would refuse (:mod:`~edgewatch.hooks.validation`; an unknown name
+            too); at train start, a module without optimizers or the Monitor's checks of the
+            model (a probe batch that does not fit it, all parameters frozen).
     """
 
     def __init__(self, loss_fn: LossFn, probe: Iterable[Any], *, stop_on: Iterable[str] = (),
                  **monitor_kwargs: Any) -> None:
+        probe = check_callback_arguments(loss_fn, probe, monitor_kwargs, "EdgewatchCallback")
         Adapter.__init__(self, stop_on, monitor_kwargs)
-        self.loss_fn, self.probe = loss_fn, list(probe)
+        self.loss_fn, self.probe = loss_fn, probe
         self._losses: list[torch.Tensor] = []
         self._restored: dict[str, Any] | None = None
 

@@ -38,6 +38,7 @@ import torch
 
 from edgewatch._optional import require
 from edgewatch.curvature._base import LossFn
+from edgewatch.hooks.validation import check_callback_arguments
 from edgewatch.integrations._adapter import Adapter, any_rank
 
 transformers = require("transformers", "transformers", what="edgewatch.integrations.transformers")
@@ -72,12 +73,20 @@ class EdgewatchCallback(Adapter, transformers.TrainerCallback):
     Attributes:
         monitor: the :class:`~edgewatch.Monitor`, built at train start.
         stopped_by: the event that stopped training, if any.
+
+    Raises:
+        ValueError, TypeError: at construction, a bad ``loss_fn``, an empty probe or one holding
+            NaN or inf, unknown ``stop_on`` kinds, or a Monitor argument in ``monitor_kwargs``
+            that the Monitor would refuse (:mod:`~edgewatch.hooks.validation`; an unknown name
+            too); at train start, the Monitor's checks of the model and optimizer.
     """
 
     def __init__(self, probe: Iterable[Any], loss_fn: LossFn | None = None, *, stop_on: Iterable[str] = (),
                  **monitor_kwargs: Any) -> None:
+        loss_fn = loss_fn or model_loss
+        probe = check_callback_arguments(loss_fn, probe, monitor_kwargs, "EdgewatchCallback")
         Adapter.__init__(self, stop_on, monitor_kwargs)
-        self.probe, self.loss_fn = list(probe), loss_fn or model_loss
+        self.probe, self.loss_fn = probe, loss_fn
         self._losses: list[torch.Tensor] = []
         self._summed = False  # the micro-batch losses add up to the step's loss (num_items_in_batch)
         self._reading = True  # False inside optimizer.step(), where the probe's forwards run

@@ -161,3 +161,23 @@ def test_without_lightning_the_error_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "edgewatch.integrations.lightning")
     with pytest.raises(MissingExtraError, match=r"pip install 'edgewatch\[lightning\]'"):
         importlib.import_module("edgewatch.integrations.lightning")
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"k": 0}, r"k must be an integer >= 1"), ({"tol": 0}, r"tol must be"),
+                                               ({"curvature": "often"}, r"curvature must be")])
+def test_bad_settings_are_refused_when_the_callback_is_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EdgewatchCallback(cases.cross_entropy, cases.digits_probe(sizes=(8,)), **kwargs)
+
+
+def test_a_misspelled_setting_is_refused_when_the_callback_is_built():
+    with pytest.raises(TypeError, match=r"evry"):
+        EdgewatchCallback(cases.cross_entropy, cases.digits_probe(sizes=(8,)), evry=1)
+
+
+def test_a_nan_probe_is_refused_when_the_callback_is_built():
+    x, y = cases.digits_probe(sizes=(8,))[0]
+    x = x.clone()
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"probe batch 0 contains NaN"):
+        EdgewatchCallback(cases.cross_entropy, [(x, y)])

@@ -30,6 +30,14 @@ the threshold and stability ratio, the probe loss, gradient norm and logits, but
 the directional sharpness, the gradient overlap or the top direction's modules (they need a
 full solve).
 
+An optimizer without a stability adapter (``torch.optim.LBFGS``, a Lion implementation, a user's
+own ``Optimizer`` subclass), or with an option its adapter does not cover (``maximize=True``),
+has no preconditioner D or stability constant c to read: everything above that needs neither
+(λ₁…λ_k, the directional sharpness, the gradient overlap, the top direction's modules, the
+logits) is measured as usual; the preconditioned sharpness, the threshold and the stability ratio
+are skipped, with one warning per probe that names :func:`edgewatch.optimizers.register_adapter`.
+An adapter registered later is used from the next probe on.
+
 Under ``torch.distributed`` each rank passes its own probe shard; every product and the gradient
 are all-reduced (:mod:`edgewatch.distributed`) and the logit statistics gathered once, so every
 rank computes the same numbers, those of the union of the shards. A probe that fails on one rank
@@ -41,6 +49,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -52,7 +61,8 @@ from edgewatch.curvature import EigenResult, HessianOperator, lanczos, refine
 from edgewatch.distributed import GroupSpec
 from edgewatch.hooks.probes.grads import module_of
 from edgewatch.hooks.probes.logits import LogitRecorder
-from edgewatch.optimizers import OptimizerStateError, preconditioned_operator
+from edgewatch.hooks.validation import check_count, check_curvature_settings, check_relative, check_trainable
+from edgewatch.optimizers import OptimizerStateError, UnsupportedOptimizerError, adapter_for, preconditioned_operator
 
 __all__ = ["CurvatureProbe"]
 
@@ -61,13 +71,19 @@ class CurvatureProbe:
     """Measures curvature of ``loss_fn`` on ``probe`` over the parameters ``optimizer`` updates.
 
     Args:
-        k: how many top eigenvalues of H to report.
-        tol, max_hvps: Lanczos tolerance and HVP budget per solve.
-        stream_hvps: the most HVPs per operator of a streamed point.
-        stream_tol: the relative residual a streamed λ₁ must meet, else the probe escalates.
+        k: how many top eigenvalues of H to report (≥ 1).
+        tol, max_hvps: Lanczos tolerance (a relative residual in (0, 1)) and HVP budget per
+            solve (≥ k).
+        stream_hvps: the most HVPs per operator of a streamed point (≥ 1).
+        stream_tol: the relative residual a streamed λ₁ must meet, else the probe escalates
+            (in (0, 1)).
         stream_drop: the relative fall from the last reported λ₁ beyond which a streamed point
-            escalates (a catapult, or a crossing of eigenvalues, deserves a full look).
+            escalates (a catapult, or a crossing of eigenvalues, deserves a full look; in (0, 1)).
         method, seed, train, process_group: see :class:`~edgewatch.curvature.HessianOperator`.
+
+    Raises:
+        ValueError: any setting above out of range (the message names it and the fix), an
+            optimizer that updates no parameter of the model, or only frozen ones.
     """
 
     def __init__(
@@ -88,6 +104,11 @@ class CurvatureProbe:
         train: bool | None = True,
         process_group: GroupSpec = None,
     ) -> None:
+        check_trainable(model, optimizer)
+        check_curvature_settings(k, tol, max_hvps)
+        check_count("stream_hvps", stream_hvps, fix="the most products of a streamed point, e.g. stream_hvps=4")
+        check_relative("stream_tol", stream_tol, "the relative residual a streamed λ₁ must meet, e.g. stream_tol=0.05")
+        check_relative("stream_drop", stream_drop, "the relative fall that calls for a full solve, e.g. stream_drop=0.3")
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         # Tensors, not names: a DDP or compiled wrapper names them differently from the module inside.
         params = [p for p in model.parameters() if id(p) in optimized and p.requires_grad]
@@ -101,6 +122,7 @@ class CurvatureProbe:
         self.vectors: Tensor | None = None  # warm start for H
         self.preconditioned_vectors: Tensor | None = None  # warm start for S^½(H+W)S^½
         self._last: dict[str, float] = {}  # the last reported λ₁ of each operator, for the drop test
+        self._warned_unadapted = False
         self._slices = self.hessian.parameter_slices()
         self.logits = LogitRecorder(self.hessian.model)
 
@@ -182,6 +204,9 @@ class CurvatureProbe:
             operator, info = preconditioned_operator(self.hessian, self.optimizer)
         except OptimizerStateError:  # adaptive optimizer before its first step: no preconditioner exists yet
             return {}
+        except UnsupportedOptimizerError as error:  # no D or c to read: only this part is skipped
+            self._warn_unadapted(error)
+            return {}
         # The threshold is c/η for the reference η (the first group that moves), stated beside it.
         metrics: dict[str, Tensor | float] = {"curvature/threshold": info.threshold, "curvature/reference_lr": info.lr}
         if operator.shift is None and bool((operator.scale == 1).all()):
@@ -203,6 +228,25 @@ class CurvatureProbe:
         metrics["curvature/precond_lambda_max"] = sharpness
         metrics["curvature/stability_ratio"] = info.ratio(sharpness)
         return metrics
+
+    def _warn_unadapted(self, error: UnsupportedOptimizerError) -> None:
+        """Once per probe: what is skipped, and how to get it (an adapter for the optimizer)."""
+        if self._warned_unadapted:
+            return
+        self._warned_unadapted = True
+        name = type(self.optimizer).__name__
+        skipped = ("curvature/lambda_max and the rest of curvature are measured, but not the preconditioned "
+                   "sharpness, its threshold or the stability ratio")
+        try:
+            adapter_for(self.optimizer)
+        except UnsupportedOptimizerError:  # no adapter at all (not just an option it does not cover)
+            reason = f"edgewatch has no stability adapter for {name}"
+        else:
+            reason = f"edgewatch cannot read {name}'s stability threshold ({error})"
+        warnings.warn(
+            f"{reason}: {skipped}; to add them, subclass edgewatch.optimizers.OptimizerAdapter and call "
+            f"edgewatch.optimizers.register_adapter({name}, MyAdapter())", stacklevel=2,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"vectors": self.vectors, "preconditioned_vectors": self.preconditioned_vectors, "last": dict(self._last)}
