@@ -14,6 +14,7 @@ from edgewatch.curvature.preconditioned import PreconditionedOperator
 # solvers
 from edgewatch.curvature.density import SpectralDensity, spectral_density
 from edgewatch.curvature.lanczos import EigenResult, lanczos
+from edgewatch.curvature.noise import hvp_noise
 from edgewatch.curvature.power import power_iteration
 from edgewatch.curvature.refine import refine
 from edgewatch.curvature.trace import TraceResult, hutchinson_trace, hutchpp_trace
@@ -36,6 +37,7 @@ __all__ = [
     "TraceResult",
     "hutchinson_trace",
     "hutchpp_trace",
+    "hvp_noise",
     "lanczos",
     "power_iteration",
     "refine",

@@ -24,7 +24,9 @@ def test_top5_float64_matches_dense_to_1e8(case):
     true_residuals = (case.hessian @ y - y * result.eigenvalues).norm(dim=0)
     assert torch.all(true_residuals <= 1e-10 * expected.abs() + 1e-13)
     assert torch.allclose(y.T @ y, torch.eye(5, dtype=torch.float64), atol=1e-12)
-    assert result.num_hvps == op.num_hvps < 100
+    # + 2: an operator's first solve also measures its rounding noise (hvp_noise), which the
+    # operator counts and the result, whose count is the Krylov steps, does not.
+    assert result.num_hvps == op.num_hvps - 2 < 100
 
 
 def test_top5_float32_matches_dense_to_1e4(case):
