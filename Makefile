@@ -19,7 +19,7 @@ BIN   := $(VENV)/bin
 # One stamp per install recipe: changing TORCH_SPEC, PIP_ARGS or EXTRAS installs again.
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(TORCH_SPEC)' '$(PIP_ARGS)' '$(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench-perf bench-science setup clean
+.PHONY: demo test bench-perf bench-science bench-detectors setup clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ bench-perf: $(STAMP)
 # The scientific reproductions, one after the other (about 15 minutes on 2 cores): benchmarks/RESULTS.md
 bench-science: $(STAMP)
 	$(BIN)/python benchmarks/science/run_all.py
+
+# The detectors judged on generated, labelled runs (about 1-2 minutes on one core): benchmarks/DETECTORS.md
+bench-detectors: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/detectors/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 
 from edgewatch.hooks.detectors.eos import EdgeOfStabilityDetector
 from edgewatch.hooks.detectors.logits import (
+    EntropyCollapseDetector,
     GrowthDetector,
     attention_entropy_collapse,
     attention_logit_growth,
@@ -14,6 +15,7 @@ from edgewatch.hooks.detectors.thresholds import ThresholdDetector, adam_epsilon
 __all__ = [
     "CatapultDetector",
     "EdgeOfStabilityDetector",
+    "EntropyCollapseDetector",
     "GrowthDetector",
     "NonFiniteDetector",
     "SpikeDetector",

@@ -17,7 +17,8 @@ class NonFiniteDetector(Detector):
     """``nonfinite`` (critical): some metric is NaN/inf, or ``grad/nonfinite_params`` > 0.
 
     Fires at the first such step and again only after a step where everything was finite, so a
-    diverged run reports once rather than every step.
+    diverged run reports once rather than every step. Validated on benchmarks/detectors: a NaN
+    input and GD diverging at η·λ_0 = 6 are found at the step of the first non-finite loss.
     """
 
     kinds = ("nonfinite",)
