@@ -34,10 +34,11 @@ Measured (seed 0, λ_0 = 0.160; seeds 1 and 2 agree, λ_0 = 0.163, 0.159):
   - In the catapult runs η·λ_1 first rises for a few steps (3.5 → 4.2 at step 4) before it
     collapses below 2: unlike the paper's two-layer linear model, where it only falls.
 
-The Monitor's ``catapult`` detector fires in the three catapult runs and in no other (it counts a
-climb of the loss over consecutive steps to 2× where it started, then a 20% fall of λ_1; a
-catapult from initialization grows ×1.7-3.2 per step from step 1, never the 10× jump or the 6σ
-over a filled window that a ``loss_spike`` needs; this benchmark is why the climb rule exists).
+The Monitor's ``catapult`` detector fires in the three catapult runs and in no other: the fixed
+probe batch's loss rises to 1.5× its lowest recent value while r ≥ 1, comes back below that
+level, and λ_1 is by then at least 20% lower (``docs/detectors.md``); a diverging run never comes
+back down. A catapult from initialization grows ×1.7-3.2 per step from step 1, never the 10× jump
+or the 6σ over a filled window that a ``loss_spike`` needs.
 (A tanh network of the same shape catapults too, but trains at η·λ_0 = 4 and ends at η·λ ≈ 2,
 the edge of stability rather than below it: ReLU is used here.)
 

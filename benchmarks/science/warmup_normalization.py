@@ -53,9 +53,11 @@ Did NOT reproduce (or not as stated):
     √v̂ ≈ 0 and P^-½HP^-½ gets one huge, real (a cold-started Lanczos finds it too) but harmless
     eigenvalue. Max early preconditioned r is therefore not a usable predictor for early Adam.
   - BatchNorm's catapult is mild (loss ×1.76 over 3 steps on seed 0): the Monitor's ``catapult``
-    detector (a loss spike, or a climb to 2× over consecutive steps, then λ_1 down 20%) does not
-    fire on it. It fires on the Adam run's jump (step 2) and on the spikes near the edge during
-    warmup, each followed by a lower λ_1.
+    detector (the probe batch's loss up 1.5× and back while r ≥ 1, with λ_1 down 20%;
+    ``docs/detectors.md``) does not report it on this probe schedule. It reports the catapult of
+    the warmup run without normalization near the edge; Adam's jump at step 2 is a ``loss_spike``,
+    not a catapult (Adam's r in its first 50 steps is not judged: its second-moment estimate is
+    still warming up).
 
 Full run: 81 s on one idle core (up to ≈ 220 s wall when the 2 shared cores are busy); ``--smoke``
 (6 steps, 200 training examples): ≈ 7 s.

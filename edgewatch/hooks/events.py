@@ -72,6 +72,10 @@ class Detector:
     """
 
     kinds: tuple[str, ...] = ()
+    #: A detector that needs a curvature point now sets this; under the budget schedule the
+    #: Monitor then takes one at the next step (counted against the budget), and the detector
+    #: clears it when the point arrives. Fixed schedules are followed exactly as given.
+    wants_curvature: bool = False
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
         raise NotImplementedError

@@ -109,9 +109,10 @@ class Monitor:
         curvature: when to probe curvature. ``"budget"`` (default): as the overhead budget
             allows (:mod:`~edgewatch.hooks.budget`): a full solve at step 0 (at :meth:`attach`),
             points at steps 3, 10, 30 and 100, then as often as ``budget`` pays for, every 8th a
-            full solve and the others streamed. A fixed schedule is followed exactly as given, with
-            full solves: an int N (every N steps), a :class:`Schedule`, or a callable
-            ``step -> bool``. ``None``: no curvature.
+            full solve and the others streamed, and one more when a detector asks for it (the
+            catapult detector, when a catapult's loss has come back down). A fixed schedule is
+            followed exactly as given, with full solves: an int N (every N steps), a
+            :class:`Schedule`, or a callable ``step -> bool``. ``None``: no curvature.
         budget: the share of the training loop's wall time the Monitor may spend on itself
             (cheap metrics, probes, detectors, logging), default 5%. With a fixed schedule it is
             only measured: ``monitor.overhead`` and ``monitor/overhead`` report it either way.
@@ -451,7 +452,12 @@ class Monitor:
         if schedule is None:
             return None
         if isinstance(schedule, str):
-            return self.budget.curvature_due(step, decide=settled)
+            kind = self.budget.curvature_due(step, decide=settled)
+            if kind is None and any(getattr(detector, "wants_curvature", False) for detector in self.detectors):
+                # A detector needs λ_1 now (a catapult's loss came back down): rare by design,
+                # taken whatever the pacing (its cost is counted all the same).
+                kind = self.budget.next_kind()
+            return kind
         return "full" if schedule(step) else None
 
     def _probe(self, kind: Kind) -> dict[str, Any]:

@@ -180,6 +180,89 @@ def test_catapult_ignores_minibatch_losses_and_stable_bumps():
         CatapultDetector(rise=1.0)
 
 
+def test_between_probes_the_training_loss_asks_for_the_probes_that_open_and_judge_a_catapult():
+    """Under the budget schedule probes are sparse: while the last probe said r ≥ 1, a rise of the
+    training loss asks for a probe (which opens the episode on the fixed batch's loss), and its
+    return asks for the probe that shows λ_1 fell."""
+    detector = CatapultDetector()
+    probe = lambda loss, lam, ratio: {"curvature/probe_loss": loss, "curvature/lambda_max": lam,  # noqa: E731
+                                      "curvature/stability_ratio": ratio}
+    assert detector.update({**probe(1.0, 10.0, 1.5), "loss": 1.0}, 0) == []
+    asked = []
+    for step, loss in enumerate([1.0, 1.1, 2.5], start=1):
+        assert detector.update({"loss": loss}, step) == []
+        asked += [step] * detector.wants_curvature
+    assert asked == [3]  # 2.5 ≥ 1.5 × the lowest running median (1.0)
+    assert detector.update(probe(4.0, 11.0, 1.6), 4) == [] and not detector.wants_curvature  # the rise, on the fixed batch
+    for step, loss in enumerate([6.0, 5.0, 2.0, 0.9], start=5):
+        assert detector.update({"loss": loss}, step) == []
+        asked += [step] * detector.wants_curvature
+    assert asked == [3, 8]  # back below 1.5× the training loss's lowest median
+    judged = detector.update(probe(0.5, 6.0, 0.9), 9)
+    assert [(e.kind, e.step) for e in judged] == [("catapult", 9)]
+    assert judged[0].values["lambda_before"] == 10.0 and judged[0].values["peak_loss"] == 4.0
+
+
+def test_the_training_loss_asks_for_nothing_on_a_stable_run_and_rarely_at_the_edge():
+    """r < 1 at the last probe: a rise of the training loss is noise or a hard batch. At r ≥ 1 a
+    noisy minibatch loss asks at most once per ``cooldown`` steps."""
+    stable = CatapultDetector()
+    stable.update({"curvature/probe_loss": 1.0, "curvature/lambda_max": 10.0, "curvature/stability_ratio": 0.5, "loss": 1.0}, 0)
+    noisy = [1.0 if step % 2 else 3.0 for step in range(1, 41)]
+    assert not any(stable.update({"loss": loss}, step) or stable.wants_curvature for step, loss in enumerate(noisy, 1))
+    edge = CatapultDetector(cooldown=10)
+    edge.update({"curvature/probe_loss": 1.0, "curvature/lambda_max": 10.0, "curvature/stability_ratio": 1.05, "loss": 1.0}, 0)
+    asks = 0
+    for step, loss in enumerate(noisy, start=1):
+        edge.update({"loss": loss}, step)
+        asks += edge.wants_curvature
+        edge.wants_curvature = False  # as if the Monitor's point came and showed nothing
+    assert 1 <= asks <= 4
+
+
+def test_the_monitor_sees_the_textbook_catapult_at_its_defaults():
+    """Full-batch GD at η·λ_0 = 3 on a wide two-layer ReLU net (Lewkowycz et al. 2020): the loss
+    rises for a few steps and comes back as λ_1 falls below 2/η. At the default budget schedule
+    the probes are few (step 0 and a few early ones): the catapult is still found, because the
+    detector asks for the point that shows λ_1 fell."""
+    import torch
+
+    import cases
+    import edgewatch as ew
+    from edgewatch.curvature import HessianOperator, lanczos
+
+    class TwoLayer(torch.nn.Module):  # NTK parametrization, where η·λ_0 in (2, 4) catapults
+        def __init__(self, width=512):
+            super().__init__()
+            generator = torch.Generator().manual_seed(0)
+            self.hidden = torch.nn.Parameter(torch.randn(width, 64, generator=generator))
+            self.readout = torch.nn.Parameter(torch.randn(10, width, generator=generator))
+
+        def forward(self, x):
+            return torch.relu(x @ self.hidden.T / 8.0) @ self.readout.T / math.sqrt(self.readout.shape[1])
+
+    def mse(model, batch):
+        x, y = batch
+        out = model(x)
+        return 0.5 * (out - torch.nn.functional.one_hot(y, 10).to(out.dtype)).pow(2).sum(-1).mean()
+
+    x, y = cases.digits(128)
+    batch = ((x - x.mean(0)) / (x.std(0) + 1e-6), y)
+    model = TwoLayer()
+    lam0 = lanczos(HessianOperator(model, mse, [batch]), k=1, tol=1e-6).eigenvalues[0].item()
+    optimizer = torch.optim.SGD(model.parameters(), lr=3.0 / lam0)
+    monitor = ew.Monitor(model, optimizer, mse, probe=[batch], run_dir=False).attach()
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = mse(model, batch)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+    kinds = [(e.kind, e.step) for e in monitor.events]
+    catapults = [step for kind, step in kinds if kind == "catapult"]
+    assert len(catapults) == 1 and 5 <= catapults[0] <= 30, kinds
+
+
 def test_nonfinite_fires_once_per_episode():
     series = [{"loss": 1.0}, {"loss": math.inf}, {"loss": math.nan}, {"loss": 1.0, "grad/nonfinite_params": 3.0}, {"loss": 1.0}, {"loss": math.nan}]
     events = feed(NonFiniteDetector(), series)

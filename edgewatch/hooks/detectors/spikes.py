@@ -146,16 +146,25 @@ class CatapultDetector(Detector):
        base, r < 1 and λ_1 ≤ (1 − ``drop``) × λ_1 before: the event.
 
     Never while the loss is still up (the event needs it back below the level that started the
-    episode) or non-finite (that is divergence: the episode is dropped). Steps without a probe
-    loss are ignored, so a rise from one hard training batch, which leaves the fixed batch's loss
-    alone, is no catapult; and a probe-loss bump of a stable run (r well below 1: minibatch noise
-    near a small loss) is none either. Catapults are seen only with a probe inside the rise
-    (from initialization the loss rises for 4-8 steps: probe at least every 5 steps early on).
-    Without any r (no threshold known for the optimizer) conditions 2 and r < 1 are skipped. An
-    adaptive optimizer's r before step ``adaptive_warmup`` is not used (see
+    episode) or non-finite (that is divergence: the episode is dropped). A rise from one hard
+    training batch leaves the fixed batch's loss alone, so it is no catapult; and a probe-loss
+    bump of a stable run (r well below 1: minibatch noise near a small loss) is none either.
+
+    Probes may be sparse (the Monitor's budget schedule), so between them the training loss
+    (``loss``, on the steps with cheap metrics) is a trigger, never a verdict: the detector asks
+    for a curvature point (:attr:`wants_curvature`; the Monitor takes it at the next step under
+    its budget schedule) when the training loss rises to ``rise`` × the lowest of its running
+    medians over ``smooth`` steps while the last probe said the step is unstable (r ≥ 1: the
+    catapult's mechanism; at most once per ``cooldown`` steps, so a run at the edge with noisy
+    minibatches asks rarely), and, in an episode, once when the training loss is back below its
+    own ``rise`` × level, so that the fall of λ_1 is measured when it happens (the loss of a
+    catapult from initialization rises for 4-8 steps and is back down within 10-20). Without
+    any r (no threshold known for the optimizer) conditions 2 and r < 1 are skipped and nothing
+    is asked for. An adaptive optimizer's r before step ``adaptive_warmup`` is not used (see
     :class:`~edgewatch.hooks.detectors.eos.EdgeOfStabilityDetector`).
 
-    Defaults: rise 1.5, drop 0.2, within 200 steps, window 200 steps, adaptive_warmup 50.
+    Defaults: rise 1.5, drop 0.2, within 200 steps, window 200 steps, smooth 3, cooldown 10,
+    adaptive_warmup 50.
     Validated on benchmarks/detectors: full-batch GD of a width-1024 two-layer ReLU net at
     η·λ_0 = 2.5, 3 and 3.5 (found a few steps after the loss passed 1.5×); no catapult on a run
     diverging at η·λ_0 = 6, on shuffled-label batches, or on the healthy minibatch runs.
@@ -164,25 +173,38 @@ class CatapultDetector(Detector):
     kinds = ("catapult",)
 
     def __init__(self, rise: float = 1.5, drop: float = 0.2, within: int = 200, window: int = 200,
-                 adaptive_warmup: int = 50) -> None:
+                 adaptive_warmup: int = 50, smooth: int = 3, cooldown: int = 10) -> None:
         if not rise > 1:
             raise ValueError(f"need rise > 1, got {rise}")
         if not 0 < drop < 1:
             raise ValueError(f"drop must be in (0, 1), got {drop}")
-        if within < 1 or window < 1:
-            raise ValueError(f"within and window must be positive numbers of steps, got {within}, {window}")
+        if within < 1 or window < 1 or smooth < 1 or cooldown < 1:
+            raise ValueError(f"within, window, smooth and cooldown must be positive numbers of steps, "
+                             f"got {within}, {window}, {smooth}, {cooldown}")
         self.rise, self.drop, self.within, self.window = rise, drop, within, window
-        self.adaptive_warmup = adaptive_warmup
+        self.adaptive_warmup, self.smooth, self.cooldown = adaptive_warmup, smooth, cooldown
+        self._asked_at = -cooldown  # the step of the last probe asked for
+        #: Set when the episode needs a curvature point now (the loss came back down); the Monitor
+        #: takes one at the next step under its budget schedule, and the next probe clears it.
+        self.wants_curvature = False
         self._recent: deque[tuple[int, float, float | None, float | None]] = deque()  # (step, loss, λ_1, r)
-        self._episode: dict[str, float] | None = None  # start, base, peak, lambda_before, ratio_max
+        self._losses: deque[float] = deque(maxlen=smooth)  # the last training losses
+        self._trained: deque[tuple[int, float]] = deque()  # (step, running median of the training loss)
+        self._episode: dict[str, float] | None = None  # start, base, peak, lambda_before, ratio_max, train_level, asked
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
+        training = metrics.get("loss")
+        if training is not None:
+            if not math.isfinite(training):
+                self._diverged()
+                return []
+            self._observe_training(float(training), step)
         loss = metrics.get(PROBE_LOSS)
         if loss is None:
             return []
+        self.wants_curvature = False  # a probe point: what was asked for is here
         if not math.isfinite(loss):  # divergence, not a catapult
-            self._episode = None
-            self._recent.clear()
+            self._diverged()
             return []
         sharpness, ratio = _finite(metrics.get(SHARPNESS)), _finite(metrics.get(RATIO))
         if ADAPTIVE in metrics and step < self.adaptive_warmup:
@@ -192,10 +214,43 @@ class CatapultDetector(Detector):
             self._start(float(loss), step)
         if events:
             self._recent.clear()  # the flatter region is the new baseline
+            self._trained.clear()
         self._recent.append((step, float(loss), sharpness, ratio))
         while self._recent and self._recent[0][0] < step - self.window:
             self._recent.popleft()
         return events
+
+    def _diverged(self) -> None:
+        self._episode = None
+        self.wants_curvature = False
+        self._recent.clear()
+        self._trained.clear()
+        self._losses.clear()
+
+    def _observe_training(self, loss: float, step: int) -> None:
+        """The training loss between probes: a trigger for probes, never a verdict (one hard
+        minibatch moves it; the fixed probe batch's loss decides)."""
+        self._losses.append(loss)
+        median = sorted(self._losses)[len(self._losses) // 2]
+        episode, last = self._episode, self._recent[-1] if self._recent else None
+        if episode is None:
+            # Opening: the last probe said unstable and the training loss rose past the level; a
+            # probe now shows whether the fixed batch's loss rose too (rate-limited, so a run
+            # sitting at the edge with noisy minibatches asks at most every ``cooldown`` steps).
+            base = min((value for _, value in self._trained), default=math.inf)
+            unstable = last is not None and last[3] is not None and last[3] >= 1
+            if unstable and loss >= self.rise * base and step - self._asked_at >= self.cooldown:
+                self._ask(step)
+        elif not episode.get("asked") and episode["ratio_max"] >= 1 and loss < episode["train_level"]:
+            episode["asked"] = 1.0  # closing: back down, so a probe now shows whether λ_1 fell
+            self._ask(step)
+        self._trained.append((step, median))
+        while self._trained and self._trained[0][0] < step - self.window:
+            self._trained.popleft()
+
+    def _ask(self, step: int) -> None:
+        self.wants_curvature = True
+        self._asked_at = step
 
     def _start(self, loss: float, step: int) -> None:
         if not self._recent:
@@ -203,7 +258,11 @@ class CatapultDetector(Detector):
         base = min(point[1] for point in self._recent)
         if base > 0 and loss >= self.rise * base:
             _, _, sharpness, ratio = self._recent[-1]
-            self._episode = {"start": step, "base": base, "peak": loss,
+            # The training loss's level matching the probe loss's rise level, for asking a probe
+            # when it is back down (the two batches differ, so their scales may too).
+            train_base = min((value for _, value in self._trained), default=math.nan)
+            self._episode = {"start": step, "base": base, "peak": loss, "asked": 0.0,
+                             "train_level": self.rise * train_base if math.isfinite(train_base) else -math.inf,
                              "lambda_before": math.nan if sharpness is None else sharpness,
                              "ratio_max": math.nan if ratio is None else ratio}
 
@@ -232,11 +291,19 @@ class CatapultDetector(Detector):
         )]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"recent": [list(point) for point in self._recent], "episode": self._episode}
+        return {"recent": [list(point) for point in self._recent], "episode": self._episode,
+                "losses": list(self._losses), "trained": [list(point) for point in self._trained],
+                "wants_curvature": self.wants_curvature, "asked_at": self._asked_at}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._recent.clear()
         self._recent.extend(tuple(point) for point in state.get("recent", []))
+        self._losses.clear()
+        self._losses.extend(float(v) for v in state.get("losses", []))
+        self._trained.clear()
+        self._trained.extend((int(step), float(value)) for step, value in state.get("trained", []))
+        self.wants_curvature = bool(state.get("wants_curvature", False))
+        self._asked_at = int(state.get("asked_at", self._asked_at))
         episode = state.get("episode")
         self._episode = {k: float(v) for k, v in episode.items()} if episode else None
 
