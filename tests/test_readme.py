@@ -29,6 +29,8 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert written == sorted(set(written)) and set(range(25, 301, 25)) <= set(written) <= set(range(1, 301))
     assert namespace["result"].png.stat().st_size > 10_000 and namespace["result"].summary["steps"] == 300
     assert namespace["watch"].monitor.step_count == namespace["trainer"].global_step == 60
-    assert (tmp_path / "lightning_logs" / "version_0" / "edgewatch" / "metrics.jsonl").exists()
-    steps = [record["step"] for record in read_jsonl(tmp_path / "hf_out" / "edgewatch" / "metrics.jsonl")]
+    assert namespace["watch"].monitor.run_dir.parent == tmp_path / "edgewatch_runs"
+    assert (namespace["watch"].monitor.run_dir / "metrics.jsonl").exists()
+    assert namespace["hf_watch"].monitor.run_dir.parent.resolve() == (tmp_path / "hf_out" / "edgewatch_runs").resolve()
+    steps = [record["step"] for record in read_jsonl(namespace["hf_watch"].monitor.run_dir / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and {10, 20, 30} <= set(steps) <= set(range(1, 31))

@@ -1,10 +1,22 @@
-"""The Monitor's life inside a trainer, shared by the Lightning and Hugging Face callbacks."""
+"""The Monitor's life inside a trainer, shared by the Lightning and Hugging Face callbacks.
+
+Where a trainer callback's records go:
+
+- the trainer's own loggers (Lightning's ``trainer.loggers``, the Hugging Face ``report_to``
+  integrations), every metric named with :data:`PREFIX` (``edgewatch/loss`` beside the user's own
+  ``loss``), on the main process only;
+- the JSONL run directory, by default ``<root>/edgewatch_runs/<time>`` (:func:`run_dir_under`),
+  where ``<root>`` is the trainer's ``default_root_dir`` or ``output_dir``: never a directory named
+  like the package in the working directory, which would shadow it on an editable install. A run
+  resumed from a checkpoint goes on writing into the directory the checkpoint names.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +25,45 @@ from torch import nn, optim
 
 from edgewatch.hooks.events import Event
 from edgewatch.hooks.monitor import Monitor, check_stop_on
-from edgewatch.loggers import JsonlLogger
+from edgewatch.loggers import JsonlLogger, Logger, default_run_dir
 
-__all__ = ["Adapter", "any_rank"]
+__all__ = ["PREFIX", "RUNS_FOLDER", "Adapter", "EventsOnly", "any_rank", "run_dir_under"]
+
+#: The prefix of every metric name edgewatch sends through a trainer's loggers.
+PREFIX = "edgewatch/"
+
+#: The folder under the trainer's root directory that holds edgewatch's run directories.
+RUNS_FOLDER = "edgewatch_runs"
+
+# The key of the run directory in the state a callback saves in checkpoints.
+_RUN_DIR_KEY = "run_dir"
+
+
+def run_dir_under(root: str | os.PathLike) -> Path:
+    """A new run directory's path, ``<root>/edgewatch_runs/<local time>`` (not yet created)."""
+    return Path(root) / RUNS_FOLDER / default_run_dir().name
+
+
+class EventsOnly(Logger):
+    """Passes ``start``, ``log_event`` and ``close`` to ``logger`` but not the metrics.
+
+    For a logger whose backend already receives the metrics through the trainer (a W&B logger
+    beside ``report_to=["wandb"]``): its events table and alerts stay, its metric rows would be
+    the same numbers twice.
+    """
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+        self.name = logger.name
+
+    def start(self, meta: Mapping[str, Any]) -> None:
+        self.logger.start(meta)
+
+    def log_event(self, event: Mapping[str, Any]) -> None:
+        self.logger.log_event(event)
+
+    def close(self) -> None:
+        self.logger.close()
 
 
 class Adapter:
@@ -33,15 +81,21 @@ class Adapter:
 
     def _start(self, model: nn.Module, optimizer: optim.Optimizer, loss_fn, probe, *, step: int,
                run_dir: str | os.PathLike, main_process: bool = True, state: dict[str, Any] | None = None,
-               grad_scaler=None) -> Monitor:
+               grad_scaler=None, loggers: Iterable[Any] | None = None) -> Monitor:
         """Build and attach the Monitor at the trainer's ``step``, restoring ``state`` (a checkpoint's) first.
 
+        ``run_dir`` is the default run directory; a ``state`` saved by :meth:`_state` names the
+        one to continue instead. ``loggers``, when given, replaces ``monitor_kwargs["loggers"]``.
         Only the main process (global rank 0) logs: the other ranks measure and detect (their
         events can stop training) but write nothing, so a run directory has one writer.
         """
         if self.monitor is not None:  # a second fit()/train() with the same callback
             self.monitor.close()
         kwargs = dict(self.monitor_kwargs)
+        if loggers is not None:
+            kwargs["loggers"] = list(loggers)
+        if state and state.get(_RUN_DIR_KEY):
+            run_dir = state[_RUN_DIR_KEY]
         kwargs["callbacks"] = [*kwargs.get("callbacks", ()), self._on_event]
         if grad_scaler is not None:
             kwargs.setdefault("grad_scaler", grad_scaler)
@@ -78,6 +132,13 @@ class Adapter:
             self.stopped_by = self._stop_requested
             return True
         return False
+
+    def _state(self) -> dict[str, Any]:
+        """The Monitor's state for a checkpoint, with the run directory a resumed run continues."""
+        state = self.monitor.state_dict()
+        if self.monitor.run_dir is not None:
+            state[_RUN_DIR_KEY] = str(self.monitor.run_dir)
+        return state
 
     def _close(self) -> None:
         """Detach from the optimizer and close the loggers (the Monitor stays readable)."""

@@ -74,7 +74,7 @@ def fit(root, callbacks=(), max_steps=30, ckpt_path=None, **kwargs):
 
 def callback(**kwargs):
     kwargs = {"curvature": 10, "max_hvps": 20, **kwargs}
-    return EdgewatchCallback(cases.cross_entropy, cases.digits_probe(sizes=(64,)), **{"every": 1, **kwargs})
+    return EdgewatchCallback(cases.digits_probe(sizes=(64,)), cases.cross_entropy, **{"every": 1, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def watched(tmp_path_factory):
 
 def test_metrics_follow_the_global_step_with_the_trainers_loss_and_pre_clip_norm(watched):
     root, watcher, trainer, module = watched
-    assert watcher.monitor.run_dir == root / "edgewatch"
-    records = list(read_jsonl(root / "edgewatch" / "metrics.jsonl"))
+    assert watcher.monitor.run_dir.parent == root / "edgewatch_runs"
+    records = list(read_jsonl(watcher.monitor.run_dir / "metrics.jsonl"))
     assert [r["step"] for r in records] == list(range(1, 31))
     assert trainer.global_step == watcher.monitor.step_count == 30
     # the epoch's last step has one micro-batch (15 batches, 2 per step): the loss is still their mean
@@ -112,7 +112,7 @@ def test_a_stop_on_event_stops_through_should_stop(tmp_path):
     trainer, _ = fit(tmp_path, [watcher])
     assert trainer.global_step == 10 and trainer.should_stop
     assert watcher.stopped_by.step == 10 and watcher.stopped_by.kind == "forced"
-    assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "metrics.jsonl")][-1] == 10
+    assert [r["step"] for r in read_jsonl(watcher.monitor.run_dir / "metrics.jsonl")][-1] == 10
 
 
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
@@ -127,8 +127,9 @@ def test_resuming_from_a_checkpoint_restores_the_monitor(tmp_path):
     trainer, _ = fit(tmp_path, [second], ckpt_path=tmp_path / "ckpt" / "step=10.ckpt")
     assert trainer.global_step == second.monitor.step_count == 30
     assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # from the checkpoint
-    assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "metrics.jsonl")] == list(range(1, 31))
-    assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "events.jsonl")] == [10]
+    assert second.monitor.run_dir == first.monitor.run_dir  # the checkpoint names the run directory
+    assert [r["step"] for r in read_jsonl(second.monitor.run_dir / "metrics.jsonl")] == list(range(1, 31))
+    assert [r["step"] for r in read_jsonl(second.monitor.run_dir / "events.jsonl")] == [10]
 
 
 class Failing(Digits):
@@ -167,12 +168,12 @@ def test_without_lightning_the_error_names_the_extra(monkeypatch):
                                                ({"curvature": "often"}, r"curvature must be")])
 def test_bad_settings_are_refused_when_the_callback_is_built(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        EdgewatchCallback(cases.cross_entropy, cases.digits_probe(sizes=(8,)), **kwargs)
+        EdgewatchCallback(cases.digits_probe(sizes=(8,)), cases.cross_entropy, **kwargs)
 
 
 def test_a_misspelled_setting_is_refused_when_the_callback_is_built():
     with pytest.raises(TypeError, match=r"evry"):
-        EdgewatchCallback(cases.cross_entropy, cases.digits_probe(sizes=(8,)), evry=1)
+        EdgewatchCallback(cases.digits_probe(sizes=(8,)), cases.cross_entropy, evry=1)
 
 
 def test_a_nan_probe_is_refused_when_the_callback_is_built():
@@ -180,4 +181,4 @@ def test_a_nan_probe_is_refused_when_the_callback_is_built():
     x = x.clone()
     x[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"probe batch 0 contains NaN"):
-        EdgewatchCallback(cases.cross_entropy, [(x, y)])
+        EdgewatchCallback([(x, y)], cases.cross_entropy)

@@ -58,8 +58,8 @@ def callback(**kwargs):
 def test_metrics_follow_the_global_step_with_the_trainers_loss_and_pre_clip_norm(tmp_path, loss_kwargs):
     watcher = callback()
     trainer = train(tmp_path, [watcher], loss_kwargs=loss_kwargs)
-    assert watcher.monitor.run_dir == tmp_path / "edgewatch"
-    records = list(read_jsonl(tmp_path / "edgewatch" / "metrics.jsonl"))
+    assert watcher.monitor.run_dir.parent == tmp_path / "edgewatch_runs"
+    records = list(read_jsonl(watcher.monitor.run_dir / "metrics.jsonl"))
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [r["step"] for r in records] == [entry["step"] for entry in logged] == list(range(1, 31))
     assert trainer.state.global_step == watcher.monitor.step_count == 30
@@ -83,7 +83,7 @@ def test_a_stop_on_event_stops_through_the_control_flag(tmp_path):
     trainer = train(tmp_path, [watcher])
     assert trainer.state.global_step == 10
     assert watcher.stopped_by.step == 10 and watcher.stopped_by.kind == "forced"
-    assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "metrics.jsonl")][-1] == 10
+    assert [r["step"] for r in read_jsonl(watcher.monitor.run_dir / "metrics.jsonl")][-1] == 10
 
 
 def test_resuming_from_a_checkpoint_restores_the_monitor(tmp_path):
@@ -95,8 +95,9 @@ def test_resuming_from_a_checkpoint_restores_the_monitor(tmp_path):
     trainer = train(tmp_path, [second], resume=str(tmp_path / "checkpoint-10"))
     assert trainer.state.global_step == second.monitor.step_count == 30
     assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # from the checkpoint
-    assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "metrics.jsonl")] == list(range(1, 31))
-    assert [r["step"] for r in read_jsonl(tmp_path / "edgewatch" / "events.jsonl")] == [10]
+    assert second.monitor.run_dir == first.monitor.run_dir  # the checkpoint names the run directory
+    assert [r["step"] for r in read_jsonl(second.monitor.run_dir / "metrics.jsonl")] == list(range(1, 31))
+    assert [r["step"] for r in read_jsonl(second.monitor.run_dir / "events.jsonl")] == [10]
 
 
 def test_without_transformers_the_error_names_the_extra(monkeypatch):
