@@ -13,11 +13,12 @@ import contextlib
 import functools
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
+import torch.utils.data
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -506,7 +507,9 @@ def check_seed(seed: Any) -> None:
 
 
 def check_probe_batches(probe: Any) -> list:
-    """The probe as a list of batches, refused when it is one batch, empty, or holds NaN or inf.
+    """The probe as a list of batches, refused when it is one batch, a DataLoader, an iterator or
+    another iterable without a length (see :func:`edgewatch.probe_from` for those), empty, or
+    holds NaN or inf. A list or tuple of batches is taken as it is.
 
     A probe batch is fixed for the whole run: one non-finite input value makes every curvature
     value NaN, which the ``nonfinite`` detector would report (and ``stop_on`` stop on) as if the
@@ -521,13 +524,67 @@ def check_probe_batches(probe: Any) -> list:
     return batches
 
 
+# The fix for probes that would be copied whole, consumed or never end.
+_TAKE_A_FEW = "take a few batches once: probe=ew.probe_from(loader, batches=4)"
+
+
 def _check_probe_kind(probe: Any) -> None:
-    if isinstance(probe, (Tensor, Mapping)):
+    """Refuse what is not a list of batches, naming the fix.
+
+    A single batch (a tensor, a dict, or a tuple holding tensors such as ``(x, y)``) would be
+    iterated row by row or field by field and fail later inside the loss; a DataLoader would be
+    copied whole onto the device; an iterator, generator or other iterable without a length
+    would be consumed, or never end. A tuple of tensors is ambiguous (one ``(x, y)`` batch or
+    several one-tensor batches) and is read as one batch: a list of tensors is several.
+    """
+    if isinstance(probe, (Tensor, Mapping)) or _is_tuple_batch(probe):
         raise TypeError(
-            f"probe must be a list of batches, got a single {type(probe).__name__}; wrap it: [batch]"
+            f"probe must be a list of batches, got a single {_kind(probe)}; wrap it: [batch], "
+            f"as in probe={_wrapped_example(probe)}"
+        )
+    if isinstance(probe, torch.utils.data.DataLoader):
+        raise TypeError(
+            f"probe must be a list of batches, got a DataLoader{_length_note(probe)}, which would be copied whole "
+            f"onto the device; {_TAKE_A_FEW}"
+        )
+    if isinstance(probe, torch.utils.data.Dataset) and not isinstance(probe, Iterable):
+        raise TypeError(
+            f"probe must be a list of batches, got a {type(probe).__name__} of examples; batch it and take a few: "
+            "probe=ew.probe_from(DataLoader(dataset, batch_size=64), batches=4)"
         )
     if isinstance(probe, (str, bytes)) or not isinstance(probe, Iterable):
         raise TypeError(f"probe must be a list of batches, got {type(probe).__name__}")
+    if isinstance(probe, Iterator) or not isinstance(probe, Sized):
+        raise TypeError(
+            f"probe must be a list of batches, got a {type(probe).__name__} (an iterable without a length, which "
+            f"would be consumed or never end); {_TAKE_A_FEW}"
+        )
+
+
+def _is_tuple_batch(probe: Any) -> bool:
+    """A tuple with a tensor directly in it is one batch such as ``(x, y)``, not a tuple of batches."""
+    return isinstance(probe, tuple) and any(isinstance(item, Tensor) for item in probe)
+
+
+def _kind(batch: Any) -> str:
+    if isinstance(batch, tuple):
+        return f"{type(batch).__name__} batch of {len(batch)}"
+    return type(batch).__name__
+
+
+def _wrapped_example(batch: Any) -> str:
+    if isinstance(batch, Tensor):
+        return "[x]"
+    if isinstance(batch, tuple):  # also the fix for a tuple meant as several one-tensor batches
+        return "[(x, y)] (several one-tensor batches go in a list: [x1, x2])"
+    return "[batch]"
+
+
+def _length_note(loader: Any) -> str:
+    try:
+        return f" of {len(loader)} batches"
+    except TypeError:  # an IterableDataset without a length
+        return ""
 
 
 def _check_finite(index: int, batch: Batch) -> None:
