@@ -5,6 +5,8 @@ __version__ = "0.1.0.dev0"
 from edgewatch import curvature, distributed, hooks, loggers, optimizers
 from edgewatch._optional import MissingExtraError
 from edgewatch.hooks import Event, Monitor, Schedule, StopTraining
+from edgewatch.probing import probe_from
+from edgewatch.run import load_run
 
 __all__ = [
     "Event",
@@ -16,6 +18,8 @@ __all__ = [
     "curvature",
     "distributed",
     "hooks",
+    "load_run",
     "loggers",
     "optimizers",
+    "probe_from",
 ]

@@ -10,7 +10,7 @@ import pytest
 from edgewatch import MissingExtraError
 from edgewatch._optional import require
 
-EXTRAS = ("wandb", "tensorboard", "mlflow", "lightning", "transformers", "matplotlib", "sklearn")
+EXTRAS = ("wandb", "tensorboard", "mlflow", "lightning", "transformers", "matplotlib", "sklearn", "pandas")
 
 
 def test_importing_edgewatch_imports_no_extra():

@@ -7,6 +7,14 @@ step, so it follows learning-rate schedules. For SGD that is the raw λ_1 of H a
 (2+2β)/η); for adaptive optimizers the preconditioned λ_1 of P^-½ H P^-½ against c/η (38/η for
 Adam at β1 = 0.9), with the raw λ_1 drawn too.
 
+One diverged run (r in the millions) would flatten every other curve of the r and λ_1 panels
+into a line at zero, so those panels are cut: r above :data:`RATIO_CAP` (10), λ_1 above 10× the
+threshold c/η. The y range then holds only the values under the cap, a curve that goes above
+runs off the top edge with a ▲ where it leaves, and the panel says so with the largest value.
+Nothing is cut when every value is under the cap. Events are markers on the curve they concern
+(:data:`EVENT_PANELS`: eos_reached on r, loss_spike on the loss, ...), at the value logged at
+the event's step or the last step before it; on the top edge when that value is out of view.
+
 Figures are drawn on a bare :class:`matplotlib.figure.Figure` and saved by the Agg canvas:
 pyplot's global state and the caller's backend are never touched, and no display is needed.
 """
@@ -23,7 +31,11 @@ from edgewatch._optional import require
 from edgewatch.cli.rundir import Run, Series
 from edgewatch.hooks.events import KINDS, SEVERITIES
 
-__all__ = ["compare_figure", "report_figure"]
+__all__ = ["EVENT_PANELS", "RATIO_CAP", "compare_figure", "report_figure"]
+
+#: The r panel shows r up to this: ten times past the edge of stability the run has left
+#: edge-of-stability dynamics behind, and a curve above it would flatten the others.
+RATIO_CAP = 10.0
 
 SEVERITY_COLORS = {"info": "#2ca02c", "warning": "#ff7f0e", "critical": "#d62728"}
 _MARKERS = "v^sDPX*o<>hpd"
@@ -34,77 +46,104 @@ _OUTPUT_LOGITS = (("logits/max", "max |z|"), ("logits/log_z_max", "max log Z"), 
 
 
 
-def report_figure(run: Run, path: Path, progress: Any = None) -> None:
-    """One run: loss with events, sharpness against threshold, ratio r, logits, attention, norms."""
-    panels: list[tuple[str, str, Callable[[Any], None]]] = []
+def report_figure(run: Run, path: Path, progress: Any = None) -> Any:
+    """One run: loss, sharpness against threshold, ratio r, logits, attention, norms; returns the saved figure.
+
+    Events are faint vertical lines colored by severity on every panel and a marker per kind on
+    the curve they concern (:data:`EVENT_PANELS`); r and λ_1 are cut as described in the module
+    docstring.
+    """
+    panels: list[tuple[str, str, str, Callable[[Any], None]]] = []
     if run.has("loss"):
-        panels.append(("loss, with events", "loss", lambda ax: _lines(ax, [(run.series("loss"), "loss", {"color": "#333"})])))
+        panels.append(("loss", "loss, with events", "loss", lambda ax: _lines(ax, [(run.series("loss"), "loss", {"color": "#333"})])))
     if run.has("curvature/lambda_max") or run.has("curvature/precond_lambda_max"):
-        panels.append(("sharpness against the stability threshold (dashed)", "eigenvalue", lambda ax: _sharpness(ax, run)))
+        panels.append(("sharpness", "sharpness against the stability threshold (dashed)", "eigenvalue", lambda ax: _sharpness(ax, run)))
     if run.has("curvature/stability_ratio"):
-        panels.append(("stability ratio r = ηλ/c", "r", lambda ax: _ratio(ax, [(run, "r", "C0")])))
+        panels.append(("ratio", "stability ratio r = ηλ/c", "r", lambda ax: _ratio(ax, [(run, "r", "C0")])))
     logits = [(run.series(name), label, {}) for name, label in _OUTPUT_LOGITS if run.has(name)]
     if logits:
-        panels.append(("output logits", "logit", lambda ax: _lines(ax, logits)))
+        panels.append(("logits", "output logits", "logit", lambda ax: _lines(ax, logits)))
     attention = _attention_lines(run)
     if attention:
-        panels.append(("attention logits", "max |q·k|/√d", lambda ax: _lines(ax, attention)))
+        panels.append(("attention", "attention logits", "max |q·k|/√d", lambda ax: _lines(ax, attention)))
     if run.has("attn/entropy_min"):
         entropy = [(run.series("attn/entropy_min"), "min attention entropy", {"color": "C5"})]
-        panels.append(("attention entropy", "nats", lambda ax: _lines(ax, entropy)))
+        panels.append(("entropy", "attention entropy", "nats", lambda ax: _lines(ax, entropy)))
     norms = [(run.series(name), label, {}) for name, label in _NORMS if run.has(name)]
     if norms:
-        panels.append(("gradient, parameter and update norms", "norm (log)", lambda ax: _lines(ax, norms, log=True)))
+        panels.append(("grad", "gradient, parameter and update norms", "norm (log)", lambda ax: _lines(ax, norms, log=True)))
 
     if progress is not None:
         progress.add(len(panels))
     figure, axes = _figure(len(panels), f"{run.name} — {run.optimizer()}")
-    for ax, (title, ylabel, draw) in zip(axes, panels):
+    for ax, (_, title, ylabel, draw) in zip(axes, panels):
         draw(ax)
-        _events(ax, run.events, markers=ax is axes[0])
+        _event_lines(ax, run.events)
         _label(ax, title, ylabel)
         if progress is not None:
             progress.tick(title)
+    by_key = {key: ax for ax, (key, *_) in zip(axes, panels)}
+    for event in run.events if by_key else ():
+        key = _event_panel(event["kind"], by_key)
+        _event_marker(by_key[key], run, key, event, kinds=_kinds([run]), color=_severity(event["severity"]))
+    if run.events:
+        _events_legend(axes[0], [run], severities=True)
     _save(figure, axes, path)
+    return figure
 
 
-def compare_figure(runs: Sequence[Run], labels: Sequence[str], path: Path, progress: Any = None) -> None:
-    """Runs overlaid, one color each: loss, sharpness with each run's threshold dashed, r, ‖g‖, attention."""
+def compare_figure(runs: Sequence[Run], labels: Sequence[str], path: Path, progress: Any = None) -> Any:
+    """Runs overlaid, one color each: loss, sharpness with each run's threshold dashed, r, ‖g‖, attention.
+
+    Returns the saved figure. Each run's events are markers in its color on the curve they
+    concern; r and λ_1 are cut as described in the module docstring, the loss and attention
+    logit at 10× the largest starting value.
+    """
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    panels: list[tuple[str, str, Callable[[Any], None]]] = []
+    panels: list[tuple[str, str, str, Callable[[Any], None]]] = []
 
     def overlay(name: str, log: bool = False) -> Callable[[Any], None]:
         """One line per run; a diverging run is cut at 10× the largest starting value, so the others stay readable."""
         starts = [s.values[np.isfinite(s.values)][:1] for s in (r.series(name) for r in runs)]
         cap = 10 * float(np.concatenate(starts).max()) if len(runs) > 1 and np.concatenate(starts).size else None
-        return lambda ax: _lines(ax, [(r.series(name), None, {"color": c}) for r, c in zip(runs, colors)], log=log, cap=cap)
+        return lambda ax: _lines(ax, [(r.series(name), None, {"color": c}) for r, c in zip(runs, colors)], log=log, cap=cap,
+                                 note="cut at 10× the largest starting value")
 
     if any(r.has("loss") for r in runs):
-        panels.append(("loss", "loss", overlay("loss")))
+        panels.append(("loss", "loss", "loss", overlay("loss")))
     if any(r.has("curvature/lambda_max") or r.has("curvature/precond_lambda_max") for r in runs):
-        panels.append(("sharpness λ_1 (preconditioned for adaptive optimizers) and threshold c/η (dashed)", "eigenvalue",
-                       lambda ax: _compare_sharpness(ax, runs, colors)))
+        panels.append(("sharpness", "sharpness λ_1 (preconditioned for adaptive optimizers) and threshold c/η (dashed)",
+                       "eigenvalue", lambda ax: _compare_sharpness(ax, runs, colors)))
     if any(r.has("curvature/stability_ratio") for r in runs):
-        panels.append(("stability ratio r = ηλ/c (dotted: first eos_reached)", "r",
+        panels.append(("ratio", "stability ratio r = ηλ/c (dotted: first eos_reached)", "r",
                        lambda ax: _ratio(ax, list(zip(runs, labels, colors)), eos=True)))
     if any(r.has("grad/norm") for r in runs):
-        panels.append(("gradient norm", "‖g‖ (log)", overlay("grad/norm", log=True)))
+        panels.append(("grad", "gradient norm", "‖g‖ (log)", overlay("grad/norm", log=True)))
     if any(r.has("attn/max_logit") for r in runs):
-        panels.append(("attention max logit", "max |q·k|/√d", overlay("attn/max_logit")))
+        panels.append(("attention", "attention max logit", "max |q·k|/√d", overlay("attn/max_logit")))
 
     if progress is not None:
         progress.add(len(panels))
     figure, axes = _figure(len(panels), "edgewatch compare")
-    for ax, (title, ylabel, draw) in zip(axes, panels):
+    for ax, (_, title, ylabel, draw) in zip(axes, panels):
         draw(ax)
         _label(ax, title, ylabel, legend=False)
         if progress is not None:
             progress.tick(title)
+    by_key = {key: ax for ax, (key, *_) in zip(axes, panels)}
+    kinds = _kinds(runs)
+    for run, color in zip(runs, colors):
+        for event in run.events if by_key else ():
+            key = _event_panel(event["kind"], by_key)
+            _event_marker(by_key[key], run, key, event, kinds, color)
     handles = [_line2d(color=c, label=_text(label)) for label, c in zip(labels, colors)]
     styles = [_line2d(color="0.3", label="λ_1, r, loss, ‖g‖"), _line2d(color="0.3", ls="--", label="threshold c/η"),
               _line2d(color="0.3", ls=":", label="first eos_reached"), _line2d(color="#d62728", ls="--", label="r = 1")]
     axes[0].legend(handles=handles + styles, loc="upper left", bbox_to_anchor=(1.01, 1), title="runs", fontsize=9, frameon=False)
+    if kinds:
+        _events_legend(axes[-1], runs, severities=False)
     _save(figure, axes, path)
+    return figure
 
 
 # --- panels ---------------------------------------------------------------------------------------
@@ -121,19 +160,44 @@ def _sharpness(ax: Any, run: Run) -> None:
                  (run.series("curvature/threshold"), threshold, _DASHED)]
         lines += [(run.series(name), f"λ_{name.rsplit('_', 1)[1]}", {"color": "0.6", "lw": 0.8})
                   for name in run.names("curvature/lambda_") if name.rsplit("_", 1)[1].isdigit() and name != "curvature/lambda_1"]
-    _lines(ax, lines)
+    _lines(ax, lines, **_lambda_cut([run]))
 
 
 def _compare_sharpness(ax: Any, runs: Sequence[Run], colors: Sequence[str]) -> None:
     lines = []
     for run, color in zip(runs, colors):
-        name = "curvature/precond_lambda_max" if _adaptive(run) else "curvature/lambda_max"
-        lines += [(run.series(name), None, {"color": color}), (run.series("curvature/threshold"), None, {**_DASHED, "color": color})]
-    _lines(ax, lines)
+        lines += [(_sharpness_series(run), None, {"color": color}),
+                  (run.series("curvature/threshold"), None, {**_DASHED, "color": color})]
+    _lines(ax, lines, **_lambda_cut(runs))
+
+
+def _sharpness_series(run: Run) -> Series:
+    """The λ_1 drawn against the threshold: preconditioned for adaptive optimizers, else raw."""
+    raw, precond = run.series("curvature/lambda_max"), run.series("curvature/precond_lambda_max")
+    return precond if _adaptive(run) or not len(raw.steps) else raw
+
+
+def _lambda_cut(runs: Sequence[Run]) -> dict[str, Any]:
+    """λ_1's cap: :data:`RATIO_CAP` × the threshold c/η, the median over each run's steps, of the run where it is largest.
+
+    The median, so that a warm-up from η ≈ 0 (a threshold near infinity) does not lift the cap;
+    the largest run's, so that every run's points up to r = 10 stay in view.
+    """
+    medians = []
+    for run in runs:
+        threshold = run.series("curvature/threshold").values
+        threshold = threshold[np.isfinite(threshold) & (threshold > 0)]
+        if len(threshold):
+            medians.append(float(np.median(threshold)))
+    if not medians:
+        return {}
+    cap = RATIO_CAP * max(medians)
+    return {"cap": cap, "note": f"cut at {RATIO_CAP:g}× the threshold c/η = {cap:.3g}"}
 
 
 def _ratio(ax: Any, runs: Sequence[tuple[Run, str, str]], eos: bool = False) -> None:
-    _lines(ax, [(run.series("curvature/stability_ratio"), None if eos else label, {"color": color}) for run, label, color in runs])
+    _lines(ax, [(run.series("curvature/stability_ratio"), None if eos else label, {"color": color}) for run, label, color in runs],
+           cap=RATIO_CAP, note=f"cut at r = {RATIO_CAP:g}", include=1.0)
     ax.axhline(1.0, color="#d62728", ls="--", lw=1, label="edge of stability, r = 1")
     for run, _, color in runs if eos else ():
         first = next((e["step"] for e in run.events if e["kind"] == "eos_reached"), None)
@@ -149,51 +213,129 @@ def _attention_lines(run: Run) -> list[tuple[Series, str | None, dict]]:
     return overall + (layers if len(layers) <= 12 else [(s, None, kw) for s, _, kw in layers])  # unlabeled when many
 
 
-def _lines(ax: Any, lines: Sequence[tuple[Series, str | None, dict]], log: bool = False, cap: float | None = None) -> None:
-    """Plot (series, label, style) lines; non-finite points are gaps; log y when positive and wide; y cut at ``cap``."""
-    finite = []
+def _lines(ax: Any, lines: Sequence[tuple[Series, str | None, dict]], log: bool = False, cap: float | None = None,
+           note: str = "", include: float | None = None) -> None:
+    """Plot (series, label, style) lines; non-finite points are gaps; log y when positive and wide.
+
+    With ``cap``, values above it are left out of the y range (which still holds ``include``):
+    the curves run off the top edge, a ▲ in the curve's color marks each place one leaves, and
+    ``note`` is written in the panel's top right corner with the largest value.
+    """
+    finite, drawn = [], []
     for series, label, style in lines:
         values = np.where(np.isfinite(series.values), series.values, np.nan)
         sparse = len(values) <= 80
-        ax.plot(series.steps, values, label=_text(label) if label else None,
-                **{"lw": 1.2, "marker": "o" if sparse else None, "ms": 2.5, **style})
+        (line,) = ax.plot(series.steps, values, label=_text(label) if label else None,
+                          **{"lw": 1.2, "marker": "o" if sparse else None, "ms": 2.5, **style})
         finite.append(values[np.isfinite(values)])
+        drawn.append((series.steps, values, line.get_color()))
     values = np.concatenate(finite) if finite else np.zeros(0)
-    cut = cap is not None and bool((values > cap).any())
-    values = values[values <= cap] if cut else values
+    kept = values[values <= cap] if cap is not None else values
+    cut = len(kept) < len(values) and len(kept) > 0  # all above the cap: nothing to keep in view, so no cut
+    values = kept if cut else values
     positive = len(values) and values.min() > 0
     if log or (positive and values.max() / values.min() > 50):
         ax.set_yscale("log", nonpositive="mask")
-    if cut and len(values):  # autoscaling would have used the values above the cap too
+    if cut:  # autoscaling would have used the values above the cap too
         low, high = values.min(), values.max()
+        if include is not None:
+            low, high = min(low, include), max(high, include)
         log = ax.get_yscale() == "log"
         pad = 0.05 * (high - low or abs(high) or 1.0)
         ax.set_ylim(*((low / 1.5, high * 1.5) if log and low > 0 else (low - pad, high + pad)))
-        ax.text(0.995, 0.97, "cut at 10× the largest starting value", transform=ax.transAxes, ha="right", va="top",
-                fontsize=8, color="0.4")
+        _mark_leaving(ax, drawn)
+        peak = max(float(np.nanmax(v)) for _, v, _ in drawn if np.isfinite(v).any())
+        ax.text(0.995, 0.97, f"{note} (max {peak:.3g}); ▲ where a curve leaves the plot", transform=ax.transAxes, ha="right",
+                va="top", fontsize=8, color="0.3", zorder=5, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
 
 
-def _events(ax: Any, events: Sequence[dict], markers: bool) -> None:
-    """Faint vertical lines at events, colored by severity; on the first panel a marker per kind too."""
-    if not events:
-        return
+def _mark_leaving(ax: Any, drawn: Sequence[tuple[np.ndarray, np.ndarray, str]]) -> None:
+    """A ▲ on the top edge at each step where a curve goes above the y range (after being in it)."""
+    top = ax.get_ylim()[1]
+    for steps, values, color in drawn:
+        above = np.nan_to_num(values, nan=-np.inf) > top
+        leaves = above & ~np.concatenate([[False], above[:-1]])
+        if leaves.any():
+            ax.scatter(steps[leaves], np.full(int(leaves.sum()), top), marker="^", color=color, s=40, edgecolors="k",
+                       linewidths=0.5, zorder=4, clip_on=False)
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+#: The panel each event kind is marked on (by the panel's key); kinds not listed, and kinds whose
+#: panel is missing, go on the loss panel, else the first.
+EVENT_PANELS = {
+    "eos_reached": "ratio", "eos_sustained": "ratio", "progressive_sharpening": "sharpness", "catapult": "loss",
+    "loss_spike": "loss", "grad_spike": "grad", "attention_logit_growth": "attention",
+    "output_logit_divergence": "logits", "attention_entropy_collapse": "entropy", "nonfinite": "loss",
+}
+
+
+def _event_panel(kind: str, by_key: dict[str, Any]) -> str:
+    key = EVENT_PANELS.get(kind, "loss")
+    if key in by_key:
+        return key
+    return "loss" if "loss" in by_key else next(iter(by_key))
+
+
+def _anchor(run: Run, key: str) -> Series:
+    """The curve of panel ``key`` that a run's events sit on."""
+    if key == "sharpness":
+        return _sharpness_series(run)
+    if key == "ratio":
+        return run.series("curvature/stability_ratio")
+    if key == "logits":
+        return next((run.series(name) for name, _ in _OUTPUT_LOGITS if run.has(name)), run.series("logits/max"))
+    if key == "attention":
+        names = ["attn/max_logit", *run.names("attn/max_logit/")]
+        return next((run.series(name) for name in names if run.has(name)), run.series("attn/max_logit"))
+    if key == "entropy":
+        return run.series("attn/entropy_min")
+    if key == "grad":
+        return run.series("grad/norm")
+    return run.series("loss")
+
+
+def _value_at(series: Series, step: int) -> float:
+    """The series' value at ``step``, or at the last step before it that logged one (curvature is sparse)."""
+    if not len(series.steps):
+        return float("nan")
+    index = max(int(np.searchsorted(series.steps, step, side="right")) - 1, 0)
+    return float(series.values[index])
+
+
+def _event_marker(ax: Any, run: Run, key: str, event: dict, kinds: list[str], color: str) -> None:
+    """The event's kind marker on the panel's curve at its step; on the top edge when the value is not in view."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high)  # the marker must not rescale the panel
+    value = _value_at(_anchor(run, key), event["step"])
+    y = min(max(value, low), high) if np.isfinite(value) else high
+    ax.scatter([event["step"]], [y], marker=_marker(event["kind"], kinds), c=[color], s=60, edgecolors="k",
+               linewidths=0.8, zorder=6, clip_on=False, gid=f"event:{event['kind']}")
+
+
+def _event_lines(ax: Any, events: Sequence[dict]) -> None:
+    """Faint vertical lines at events, colored by severity."""
     by_severity: dict[str, list[int]] = {}
     for event in events:
         by_severity.setdefault(event["severity"], []).append(event["step"])
     for severity, steps in by_severity.items():
         ax.vlines(steps, 0, 1, transform=ax.get_xaxis_transform(), color=_severity(severity), lw=0.8, alpha=0.35, zorder=0)
-    if not markers:
-        return
-    kinds = list(dict.fromkeys(event["kind"] for event in events))
-    for i, kind in enumerate(kinds):  # kinds staggered in height, so events at one step stay apart
-        steps = [e["step"] for e in events if e["kind"] == kind]
-        colors = [_severity(e["severity"]) for e in events if e["kind"] == kind]
-        ax.scatter(steps, np.full(len(steps), 0.94 - 0.07 * (i % 4)), transform=ax.get_xaxis_transform(), marker=_marker(kind, kinds),
-                   c=colors, s=36, edgecolors="k", linewidths=0.5, zorder=3, clip_on=False)
-    handles = [_line2d(marker=_marker(k, kinds), color="0.5", ls="", label=_text(k)) for k in kinds]
-    present = {e["severity"] for e in events}
-    handles += [_line2d(color=_severity(s), lw=3, label=_text(s)) for s in sorted(present, key=_severity_rank)]
-    ax.add_artist(ax.legend(handles=handles, title="events", loc="lower left", bbox_to_anchor=(1.01, 0), fontsize=8,
+
+
+def _kinds(runs: Sequence[Run]) -> list[str]:
+    return list(dict.fromkeys(event["kind"] for run in runs for event in run.events))
+
+
+def _events_legend(ax: Any, runs: Sequence[Run], severities: bool) -> None:
+    """The kinds' markers (and the severities' colors), outside the panel at its lower right."""
+    kinds = _kinds(runs)
+    handles = [_line2d(marker=_marker(k, kinds), color="0.5", mec="k", ls="", label=_text(k)) for k in kinds]
+    if severities:
+        present = {event["severity"] for run in runs for event in run.events}
+        handles += [_line2d(color=_severity(s), lw=3, label=_text(s)) for s in sorted(present, key=_severity_rank)]
+    title = "events (on their curves)" if severities else "events, in the run's color"
+    ax.add_artist(ax.legend(handles=handles, title=title, loc="lower left", bbox_to_anchor=(1.01, 0), fontsize=8,
                             title_fontsize=8, frameon=False))
 
 

@@ -9,6 +9,10 @@ optimizer step logged), ``final_loss``, the largest sharpness ``max_lambda`` (λ
 (r = ηλ/c, 1 = edge of stability) and its step, the step of the first ``eos_reached`` event,
 and the events by kind (``notes`` says what was tolerated while reading). Every string taken from a run is passed through :func:`html.escape`
 before it reaches the HTML page.
+
+Given a runs root instead of a run directory, the latest run under it is reported (see
+:func:`~edgewatch.cli.rundir.resolve_run_dir`). :func:`follow` redraws the report while a run is
+being written.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ import base64
 import html
 import math
 import os
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from edgewatch.cli.rundir import Run, load_run
+from edgewatch.cli.rundir import RUN_FILES, Run, RunDirError, load_run, resolve_run_dir, run_ended
 
-__all__ = ["ReportResult", "output_paths", "report", "summarize"]
+__all__ = ["ReportResult", "follow", "output_paths", "report", "summarize", "write_report"]
 
 
 class ReportResult(NamedTuple):
@@ -39,22 +44,103 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     """Write the figure and HTML page of the run in ``run_dir`` and return their paths and summary.
 
     Args:
-        run_dir: a run directory written by :class:`~edgewatch.Monitor`.
-        out: a ``.png`` path (the ``.html`` goes beside it) or a directory; default ``run_dir``
-            itself (``report.png``, ``report.html``).
+        run_dir: a run directory written by :class:`~edgewatch.Monitor`, or a runs root holding
+            run directories: then the one that started last (its ``meta.json`` start time, else
+            the directory's modification time).
+        out: a ``.png`` path (the ``.html`` goes beside it) or a directory; default the run
+            directory itself (``report.png``, ``report.html``).
 
     Raises:
-        RunDirError: ``run_dir`` is missing, not a run directory, or holds no metrics.
+        RunDirError: ``run_dir`` is missing, neither a run directory nor a root holding one, or
+            holds no metrics.
         MissingExtraError: matplotlib is not installed (``pip install 'edgewatch[plot]'``).
     """
+    return write_report(load_run(resolve_run_dir(run_dir)), out)
+
+
+def write_report(run: Run, out: str | os.PathLike | None = None) -> ReportResult:
+    """Draw the figure and HTML page of a loaded run (``out`` as in :func:`report`)."""
     from edgewatch.cli import plots
 
-    run = load_run(run_dir)
-    png, page = output_paths(out, Path(run_dir) / "report.png")
+    png, page = output_paths(out, run.path / "report.png")
     summary = summarize(run)
     plots.report_figure(run, png)
     page.write_text(_report_html(run, summary, png), encoding="utf-8")
     return ReportResult(png, page, summary)
+
+
+def follow(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    interval: float = 5.0,
+    max_checks: int | None = None,
+    echo: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReportResult | None:
+    """Redraw the report of a run that is being written, until it ends or the user interrupts.
+
+    Every ``interval`` seconds the run's files are looked at; when they changed they are read
+    again and the figure and page rewritten, and one progress line goes to ``echo`` (last step,
+    largest r, events). Stops when ``meta.json`` records the run's end (a truthy ``ended`` or
+    ``finished``), on Ctrl-C, or after ``max_checks`` looks. A run that holds no metrics yet is
+    waited for. A runs root is resolved once, at the start (the latest run then is followed).
+
+    Returns:
+        The last report written, or ``None`` when the run never held metrics.
+
+    Raises:
+        RunDirError: ``run_dir`` is missing or neither a run directory nor a root holding one.
+        MissingExtraError: matplotlib is not installed (``pip install 'edgewatch[plot]'``).
+    """
+    path = resolve_run_dir(run_dir)
+    result, seen, checks, waiting = None, None, 0, False
+    try:
+        while True:
+            # Taken before reading: lines appended during the read change it, so they are drawn next time.
+            signature = _signature(path)
+            if signature != seen:
+                seen = signature
+                try:
+                    run = load_run(path)
+                except RunDirError as error:
+                    if "holds no metrics" not in str(error):
+                        raise
+                    if not waiting:
+                        echo(f"{_clock()} {path}: no metrics yet, waiting")
+                    waiting = True
+                else:
+                    result = write_report(run, out)
+                    echo(f"{_clock()} {_progress(result.summary)}")
+                    if run_ended(run.meta):
+                        echo(f"{_clock()} the run ended")
+                        return result
+            checks += 1
+            if max_checks is not None and checks >= max_checks:
+                return result
+            sleep(interval)
+    except KeyboardInterrupt:  # the ordinary way to stop following
+        return result
+
+
+def _signature(path: Path) -> tuple[tuple[int, int], ...]:
+    """Size and modification time of the run's files: cheap to take, changes on every appended line."""
+    stats = []
+    for name in RUN_FILES:
+        try:
+            stat = (path / name).stat()
+            stats.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stats.append((-1, -1))
+    return tuple(stats)
+
+
+def _clock() -> str:
+    return time.strftime("[%H:%M:%S]")
+
+
+def _progress(summary: Mapping[str, Any]) -> str:
+    return (f"step {fmt(summary['steps'])}, max r {fmt(summary['max_ratio'])}, {summary['events']} events"
+            f"{' (' + fmt(summary['event_kinds']) + ')' if summary['events'] else ''}: redrew the report")
 
 
 def summarize(run: Run) -> dict[str, Any]:

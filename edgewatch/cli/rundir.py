@@ -8,6 +8,9 @@ A metric is kept only at the steps that logged it (curvature metrics appear on c
 only), so a value that was logged as ``"nan"`` stays NaN and is never confused with a gap. Files
 may be partial: a torn last line is skipped (see :func:`~edgewatch.loggers.jsonl.read_jsonl`),
 a missing ``events.jsonl`` means no events and a missing or unreadable ``meta.json`` an empty meta.
+
+A *runs root* is a directory that holds run directories (``runs/`` by default, see
+:func:`~edgewatch.loggers.jsonl.runs_root`); :func:`resolve_run_dir` turns one into its latest run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,8 @@ import numpy as np
 
 from edgewatch.loggers.jsonl import read_jsonl
 
-__all__ = ["Run", "RunDirError", "Series", "load_run"]
+__all__ = ["Run", "RunDirError", "Series", "is_run_dir", "latest_run", "load_run", "resolve_run_dir", "run_ended",
+           "run_started"]
 
 RUN_FILES = ("meta.json", "metrics.jsonl", "events.jsonl")
 
@@ -115,6 +120,80 @@ def load_run(path: str | os.PathLike) -> Run:
     if not metrics:
         raise RunDirError(f"{path} holds no metrics yet (metrics.jsonl is missing or empty)")
     return Run(path, meta, metrics, _read_events(path / "events.jsonl", notes), notes)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory holding at least one of ``meta.json``, ``metrics.jsonl``, ``events.jsonl``."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in RUN_FILES)
+
+
+def run_started(path: str | os.PathLike) -> float:
+    """When the run in ``path`` started, in seconds since the epoch.
+
+    The ``started`` time in its ``meta.json`` (a resumed run keeps its first start); the
+    directory's modification time when the meta is missing, unreadable or has no start time.
+    """
+    path = Path(path)
+    try:
+        started = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("started")
+        return _parse_time(started).timestamp()
+    except (OSError, ValueError, TypeError, AttributeError):
+        return path.stat().st_mtime
+
+
+def _parse_time(text: Any) -> datetime:
+    """``"2026-11-22T04:15:00+0100"`` (what the Monitor writes) or any ISO 8601 time; naive means local."""
+    if not isinstance(text, str):
+        raise TypeError("no start time")
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        return datetime.fromisoformat(text)
+
+
+def latest_run(root: str | os.PathLike) -> Path:
+    """The run directory directly under ``root`` that started last (see :func:`run_started`).
+
+    Runs with metrics come first: one that stopped before logging a step (``meta.json`` only)
+    does not hide the run before it, unless no run under ``root`` has metrics yet (a run that
+    just started, followed with ``edgewatch report --follow``). Ties on the start go to the
+    directory modified last, then to the name that sorts last (the Monitor names directories
+    by their start time).
+
+    Raises:
+        RunDirError: ``root`` holds no run directory.
+    """
+    root = Path(root)
+    runs = [child for child in root.iterdir() if is_run_dir(child)] if root.is_dir() else []
+    if not runs:
+        raise RunDirError(
+            f"{root} is not an edgewatch run directory (expected {', '.join(RUN_FILES)}) and holds none; "
+            "pass the directory a Monitor wrote, e.g. runs/20261122-041500, or the runs root above it"
+        )
+    return max(runs, key=lambda run: (_has_metrics(run), run_started(run), run.stat().st_mtime, run.name))
+
+
+def _has_metrics(path: Path) -> bool:
+    metrics = path / "metrics.jsonl"
+    return metrics.is_file() and metrics.stat().st_size > 0
+
+
+def resolve_run_dir(path: str | os.PathLike) -> Path:
+    """``path`` itself when it is a run directory; when it is a runs root, its :func:`latest_run`.
+
+    Raises:
+        RunDirError: ``path`` does not exist, or is neither a run directory nor a directory holding one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RunDirError(f"no such run directory: {path}")
+    return path if is_run_dir(path) or not path.is_dir() else latest_run(path)
+
+
+def run_ended(meta: dict[str, Any]) -> bool:
+    """Whether a run's meta records its end (a truthy ``ended`` or ``finished`` key)."""
+    return bool(meta.get("ended") or meta.get("finished"))
 
 
 def _read_meta(path: Path, notes: list[str]) -> dict[str, Any]:

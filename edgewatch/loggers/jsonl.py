@@ -107,6 +107,7 @@ class JsonlLogger(Logger):
                               "a new one is written", stacklevel=3)
         if resuming:
             record.setdefault("resumes", []).append({**meta, "time": time.time()})
+            record.pop("ended", None)  # running again
         _write_atomically(meta_path, json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -125,9 +126,20 @@ class JsonlLogger(Logger):
         file.flush()
 
     def close(self) -> None:
+        """Close the files and record the end of the run in ``meta.json`` (``ended``: the time),
+        which ``edgewatch report --follow`` stops at; a resumed run removes it until it closes."""
+        started = bool(self._files)
         for file in self._files.values():
             file.close()
         self._files.clear()
+        meta_path = self.run_dir / "meta.json"
+        if started and meta_path.exists():
+            try:
+                record = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                return  # an unreadable meta is left as it is (start() moves it aside on resume)
+            record["ended"] = time.time()
+            _write_atomically(meta_path, json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:

@@ -328,3 +328,19 @@ def test_run_dir_choices(tmp_path, monkeypatch, capsys):
     assert spec.run_dir == tmp_path / "named"
     with pytest.raises(ValueError, match="run directory is given twice"):
         ew.Monitor(model, optimizer, loss_fn, [batch], run_dir=tmp_path / "a", loggers=[f"jsonl:{tmp_path / 'b'}"])
+
+
+def test_closing_records_the_end_of_the_run_and_a_resume_clears_it(tmp_path):
+    """``edgewatch report --follow`` stops at ``ended``: written at close, gone while a resumed run writes."""
+    logger = JsonlLogger(tmp_path / "run")
+    logger.start({"step": 0})
+    logger.log({"loss": 1.0}, 1)
+    assert "ended" not in json.loads((tmp_path / "run" / "meta.json").read_text())
+    before = time.time()
+    logger.close()
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["ended"] >= before
+    again = JsonlLogger(tmp_path / "run")
+    again.start({"step": 1})
+    assert "ended" not in json.loads((tmp_path / "run" / "meta.json").read_text())
+    again.close()
+    assert "ended" in json.loads((tmp_path / "run" / "meta.json").read_text())

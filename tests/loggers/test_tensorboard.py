@@ -42,7 +42,9 @@ def test_monitor_run_reads_back(tmp_path):
     assert [e["kind"] for e in events] == ["nonfinite", "nonfinite"]
     assert texts("events/nonfinite") == [(e["step"], f"**critical** {e['message']}  \nloss = nan") for e in events]
     [(step, meta)] = texts("edgewatch/meta")
-    assert step == 0 and json.loads(meta) == json.loads((monitor.run_dir / "meta.json").read_text())
+    on_disk = json.loads((monitor.run_dir / "meta.json").read_text())
+    assert on_disk.pop("ended") > 0  # written at close, after the TensorBoard text
+    assert step == 0 and json.loads(meta) == on_disk
 
 
 def test_default_log_dir_is_beside_the_run_directories():

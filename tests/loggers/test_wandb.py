@@ -100,6 +100,7 @@ def test_monitor_run_reads_back(tmp_path, wandb_dir):
     assert {name: wrote.step_metrics[name] for name in names} == dict.fromkeys(names, STEP_METRIC)  # the x-axis of every metric
 
     meta = json.loads((monitor.run_dir / "meta.json").read_text())
+    assert meta.pop("ended") > 0  # written at close, after the W&B config
     assert {k: v for k, v in wrote.config.items() if k != "_wandb"} == meta
 
     events = list(read_jsonl(monitor.run_dir / "events.jsonl"))
