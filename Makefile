@@ -2,12 +2,12 @@
 #
 # torch is installed first, on its own, so that the build is yours to choose:
 #   make test TORCH_SPEC="torch==2.13.0"          # default: the CPU build this project is tested with
-#   make test TORCH_SPEC="torch>=2.3" PIP_ARGS="--index-url <your wheel index>"   # e.g. a CUDA build
+#   make test TORCH_SPEC="torch>=2.4" PIP_ARGS="--index-url <your wheel index>"   # e.g. a CUDA build
 #   make test TORCH_SPEC=                          # keep whatever torch the venv already has
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= all
+EXTRAS     ?= all,dev
 PIP_ARGS   ?=
 
 # The curvature tools bench-perf compares with, pinned, installed without their dependencies:

@@ -9,7 +9,7 @@ from edgewatch.optimizers._base import (
 
 # built-in adapters
 from edgewatch.optimizers.adagrad import AdagradAdapter
-from edgewatch.optimizers.adam import AdamAdapter
+from edgewatch.optimizers.adam import AdamAdapter, AdamWAdapter
 from edgewatch.optimizers.rmsprop import RMSpropAdapter
 from edgewatch.optimizers.sgd import SGDAdapter
 
@@ -27,6 +27,7 @@ __all__ = [
     # built-in adapters
     "AdagradAdapter",
     "AdamAdapter",
+    "AdamWAdapter",
     "RMSpropAdapter",
     "SGDAdapter",
     # registry

@@ -12,7 +12,8 @@ eigendirection of :math:`D^{1/2}HD^{1/2}` iff :math:`ηλ < c = (2 + 2β_1)/(1 -
 β_1 = 0.9. AMSGrad uses :math:`\max_{s \le t} v_s` for :math:`v_t`.
 
 Weight decay. Adam's ``weight_decay`` is coupled (added to g before the moments): H becomes H + wI.
-AdamW's (``decoupled_weight_decay=True``) shrinks θ by :math:`(1 - ηw)` outside the preconditioner;
+AdamW's (and Adam's with ``decoupled_weight_decay=True``) shrinks θ by :math:`(1 - ηw)` outside
+the preconditioner;
 on the quadratic the companion matrix :math:`z^2 - (β_1 + a - x)z + β_1 a`, with
 :math:`a = 1 - ηw` and :math:`x = η(1-β_1)λ`, has a root at −1 iff :math:`x = (1+β_1)(1+a)`, so
 
@@ -20,6 +21,12 @@ on the quadratic the companion matrix :math:`z^2 - (β_1 + a - x)z + β_1 a`, wi
     c_w = \frac{(1+β_1)(2 - ηw)}{1 - β_1} = c\,(1 - ηw/2).
 
 t is the optimizer's own step count, so D is exactly the preconditioner of the last step taken.
+
+Which decay a group uses is read from its ``decoupled_weight_decay`` entry when it has one (torch
+2.7 and later write it into every Adam and AdamW group). Older torch has no such entry: there
+AdamW is its own class, not a subclass of Adam, and its groups say nothing about decoupling. So
+the class decides the default: :class:`AdamWAdapter` (registered for ``torch.optim.AdamW``)
+treats a group without the entry as decoupled, :class:`AdamAdapter` as coupled.
 
 References:
     Kingma and Ba 2015, Adam: A Method for Stochastic Optimization, https://arxiv.org/abs/1412.6980
@@ -37,7 +44,7 @@ from torch import Tensor
 
 from edgewatch.optimizers._base import OptimizerAdapter, OptimizerStateError, exact
 
-__all__ = ["AdamAdapter"]
+__all__ = ["AdamAdapter", "AdamWAdapter"]
 
 
 class AdamAdapter(OptimizerAdapter):
@@ -51,10 +58,17 @@ class AdamAdapter(OptimizerAdapter):
 
     needs_state = True
 
+    #: Whether a group without a ``decoupled_weight_decay`` entry decays decoupled (AdamW) or not.
+    decoupled_by_default: bool = False
+
+    def decoupled(self, group: dict[str, Any]) -> bool:
+        """True when the group's weight decay is AdamW's θ ← (1 − ηw)θ rather than g + wθ."""
+        return bool(group.get("decoupled_weight_decay", self.decoupled_by_default))
+
     def stability_constant(self, group: dict[str, Any], lr: float) -> float:
         beta1 = exact(group["betas"][0])
         constant = (2 + 2 * beta1) / (1 - beta1)
-        if _decoupled(group):
+        if self.decoupled(group):
             decay = exact(lr) * exact(group["weight_decay"])
             if decay >= 2:
                 raise ValueError(
@@ -65,7 +79,7 @@ class AdamAdapter(OptimizerAdapter):
         return float(constant)
 
     def coupled_weight_decay(self, group: dict[str, Any]) -> float:
-        return 0.0 if _decoupled(group) else float(group["weight_decay"])
+        return 0.0 if self.decoupled(group) else float(group["weight_decay"])
 
     def preconditioner(self, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
         if "step" not in state:
@@ -85,10 +99,23 @@ class AdamAdapter(OptimizerAdapter):
     def describe(self, group: dict[str, Any]) -> str:
         beta1 = group["betas"][0]
         base = f"(2+2β1)/((1-β1)η), β1={beta1}"
-        if _decoupled(group) and group["weight_decay"]:
+        if self.decoupled(group) and group["weight_decay"]:
             return base + f" × (1-ηw/2), w={group['weight_decay']}"
         return base
 
 
-def _decoupled(group: dict[str, Any]) -> bool:
-    return bool(group.get("decoupled_weight_decay", False))
+class AdamWAdapter(AdamAdapter):
+    """torch.optim.AdamW: Adam whose weight decay is decoupled unless a group says otherwise.
+
+    The class, not only the group's flag, marks the decay as decoupled, because torch before 2.7
+    builds AdamW groups without a ``decoupled_weight_decay`` entry:
+
+    >>> import torch
+    >>> p = [torch.nn.Parameter(torch.zeros(1))]
+    >>> group = dict(torch.optim.AdamW(p, lr=0.1, weight_decay=0.5).param_groups[0])
+    >>> _ = group.pop("decoupled_weight_decay", None)  # as torch before 2.7 builds it
+    >>> AdamWAdapter().stability_constant(group, 0.1), AdamWAdapter().coupled_weight_decay(group)
+    (37.05, 0.0)
+    """
+
+    decoupled_by_default = True

@@ -10,7 +10,7 @@ import torch
 
 from edgewatch.optimizers._base import OptimizerAdapter, UnsupportedOptimizerError
 from edgewatch.optimizers.adagrad import AdagradAdapter
-from edgewatch.optimizers.adam import AdamAdapter
+from edgewatch.optimizers.adam import AdamAdapter, AdamWAdapter
 from edgewatch.optimizers.rmsprop import RMSpropAdapter
 from edgewatch.optimizers.sgd import SGDAdapter
 
@@ -19,7 +19,8 @@ __all__ = ["adapter_for", "register_adapter", "registered_optimizers"]
 _ADAPTERS: dict[type, OptimizerAdapter] = {
     torch.optim.SGD: SGDAdapter(),
     torch.optim.Adam: AdamAdapter(),
-    torch.optim.AdamW: AdamAdapter(),
+    # AdamW by class as well as by flag: torch < 2.7 writes no decoupled_weight_decay entry.
+    torch.optim.AdamW: AdamWAdapter(),
     torch.optim.RMSprop: RMSpropAdapter(),
     torch.optim.Adagrad: AdagradAdapter(),
 }
