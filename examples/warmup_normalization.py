@@ -52,6 +52,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,9 @@ def train(setting: Setting, args: argparse.Namespace, data, run_dir: Path) -> di
     warmup = args.warmup if setting.warmup else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
     probe = [(x_train[: args.probe_size], y_train[: args.probe_size])]  # fixed for the whole run
+    # A dense fixed schedule, to draw the early curvature of a short run: it costs about as much
+    # as the training itself here, which the Monitor would warn about; this demo wants it so.
+    warnings.filterwarnings("ignore", message="edgewatch: one curvature probe takes")
     monitor = ew.Monitor(model, optimizer, mse_loss, probe=probe, run_dir=run_dir,
                          curvature=ew.Schedule(every=16, dense_until=EARLY, per_decade=10),
                          every=1, stop_on=["nonfinite"])  # every step's loss, for the figure
