@@ -56,27 +56,30 @@ only the step-0 solve early; see the summary). Three parts, each one table, JSON
 
 ``--smoke``: tiny models, 30 steps, one round (~10 s; ``make test``).
 
-Final full run (``make bench-perf``, 172 s, 2026-12-07, commit bfc9747 plus this summary, CPU
-share 1.00; probe a quarter of the training batch; smoke 5-12 s). The targets are not met:
+Latest run (``python benchmarks/perf/overhead.py`` alone, 233 s, 2026-12-07, commit 34884b9 plus
+this summary, CPU share 1.00; the bare steps ran 20-30% slower than in the earlier run of the day,
+at bfc9747: 5.2 / 2.9 / 1.0 ms against 4.1 / 2.2 / 0.8). The targets are not met:
 
-* Overhead at the defaults, 2,000 steps: watched / bare 1.05 (transformer, 4.1 ms steps), 1.06
-  (CNN+BN, 2.2 ms), 0.98 (MLP, 0.8 ms); the rounds range over 1.02-1.09, 1.05-1.28, 0.95-1.15
-  (bare runs alone differ by up to ~20% between rounds here). The Monitor's own account is the
-  steadier figure and is above 5%: ``monitor.overhead`` 7.0%, 5.6%, 11.9%. Watching changed
-  nothing: final parameters bitwise equal in every round and variant.
-* Where the time goes: the full solve at attach, which the budget always takes: 181, 81 and 45 ms
-  = 44, 37 and 54 training steps (29, 15.5 and 36 HVPs, of which ~8 are ``method="auto"``
-  timing both HVP methods once), against an allowance of 5% of 1,000 steps = 50 steps before
-  step 1,000, half of which the cheap metrics take on steps this short. So the early points at
-  3, 10, 30, 100 mostly do not fit (1-3 λ_1 points in steps 0..100, target 4) and the allowance
-  of a 2,000-step run is spent before any later point fits (max gap ~2,000 steps, target 200). On
-  these small models an HVP on a quarter-batch probe still costs 1-1.5 training steps (fixed
-  per-call costs dominate), so a smaller probe does not help; with a whole batch (the run before
-  this policy, when the early points were taken whatever they cost) the early look alone cost
-  7-13% of the run.
+* Overhead at the defaults, 2,000 steps: watched / bare 1.12 (transformer), 1.14 (CNN+BN), 1.22
+  (MLP); the rounds range over 0.89-1.12, 1.00-1.23, 0.97-1.24 (bare runs alone differ by up to
+  ~20% between rounds here; the earlier run gave 1.05, 1.06, 0.98). The Monitor's own account is
+  the steadier figure: ``monitor.overhead`` 7.4%, 6.0%, 13.8% (earlier 7.0%, 5.6%, 11.9%).
+  Watching changed nothing: final parameters bitwise equal in every round and variant.
+* Where the time goes: the full solve at attach, which the budget always takes: 186, 70 and 54
+  ms = 35, 24 and 55 training steps (31, 16.5 and 40 HVPs; ``method="auto"`` no longer times
+  the two methods on the CPU, which cost ~12 products; two products measure the HVP noise for
+  the error bound), against an allowance of 5% of 1,000 steps = 50 steps before step 1,000,
+  half of which the cheap metrics take on steps this short. So the early points at 3, 10, 30, 100
+  mostly do not fit (2-3 λ_1 points in steps 0..100, target 4), and the allowance of a
+  2,000-step run is spent before any later point fits (max gap ~2,000 steps, target 200). On
+  these small models an HVP on a quarter-batch probe still costs about one training step (fixed
+  per-call costs dominate), so a smaller probe does not help, nor, on this CPU, a larger model (a
+  64-512-512-10 MLP at 5 ms steps has 9 ms HVPs on a 32-row probe); with a whole batch (the run
+  before this policy, when the early points were taken whatever they cost) the early look alone
+  cost 7-13% of the run.
 * Streamed points against tight full solves: every streamed λ_1 compared lies within 1.1% of the
   reference and within its reported residual (3 points; with points this few the ≥4x "points
-  per budget" comparison has nothing to show: ratio 1).
+  per budget" comparison has nothing to show: ratio 1-1.5).
 
 What would meet the targets: a budget about 3x larger on runs this short and models this small
 (``budget=0.15``), or runs long enough (≳10,000 steps) for the step-0 solve to be a small part of
