@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +194,10 @@ def watched_run(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, bat
     """
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a benchmark run starts afresh (the logger would resume it)
-    # A reproduction reads every step's loss and norms, whatever they cost: every=1, norms_every=1.
+    # A reproduction reads every step's loss and norms, whatever they cost: every=1, norms_every=1;
+    # and its dense curvature schedules cost more than training, which the Monitor would warn about.
     monitor_kwargs = {"every": 1, "norms_every": 1, **monitor_kwargs}
+    warnings.filterwarnings("ignore", message="edgewatch: one curvature probe takes")
     monitor = ew.Monitor(model, optimizer, loss_fn, probe=probe if probe is not None else [batch], run_dir=run_dir,
                          curvature=curvature, stop_on=["nonfinite"], **monitor_kwargs)
     start, stopped = time.perf_counter(), None
