@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgewatch.hooks.events import Detector, Event
+
 
 @functools.lru_cache(maxsize=None)
 def digits(n: int = 240) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,3 +158,43 @@ class _Call(nn.Module):
 
     def forward(self, *args):
         return torch.func.functional_call(self._model, self._tensors, args)
+
+
+class ForcedAt(Detector):
+    """A detector that emits one ``forced`` warning at a given step (for stop_on and resume tests)."""
+
+    kinds = ("forced",)
+
+    def __init__(self, step):
+        self.step = step
+
+    def update(self, metrics, step):
+        return [Event(step, "forced", "warning", f"forced at step {step}")] if step == self.step else []
+
+
+def tokens(count, seed):
+    """``count`` rows of 12 random tokens below 64 (a tiny language-modelling batch), seeded."""
+    return torch.randint(0, 64, (count, 12), generator=torch.Generator().manual_seed(seed))
+
+
+def wandb_records(run_dir):
+    """The records of an offline W&B run's ``run-<id>.wandb`` (LevelDB's log format: 32 KiB blocks
+    of chunks behind 7-byte headers, after a 7-byte file header)."""
+    import struct
+
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    [path] = run_dir.glob("run-*.wandb")
+    data, records, position, chunks = path.read_bytes(), [], 7, b""
+    assert data[:4] == b":W&B"
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:
+            position += 32768 - position % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunks += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            records.append(Record.FromString(chunks))
+            chunks = b""
+    return records

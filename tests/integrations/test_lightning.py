@@ -15,7 +15,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from edgewatch import MissingExtraError
-from edgewatch.hooks.events import Detector, Event
 from edgewatch.integrations.lightning import EdgewatchCallback
 from edgewatch.loggers import read_jsonl
 
@@ -46,17 +45,6 @@ class Digits(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.3, momentum=0.9)
 
-
-class At(Detector):
-    """Emits one ``forced`` event at a given step."""
-
-    kinds = ("forced",)
-
-    def __init__(self, step):
-        self.step = step
-
-    def update(self, metrics, step):
-        return [Event(step, "forced", "warning", f"forced at step {step}")] if step == self.step else []
 
 
 def fit(root, callbacks=(), max_steps=30, ckpt_path=None, **kwargs):
@@ -108,7 +96,7 @@ def test_watching_leaves_the_trajectory_bit_identical(watched, tmp_path):
 
 
 def test_a_stop_on_event_stops_through_should_stop(tmp_path):
-    watcher = callback(detectors=[At(10)], stop_on=["forced"])
+    watcher = callback(detectors=[cases.ForcedAt(10)], stop_on=["forced"])
     trainer, _ = fit(tmp_path, [watcher])
     assert trainer.global_step == 10 and trainer.should_stop
     assert watcher.stopped_by.step == 10 and watcher.stopped_by.kind == "forced"
@@ -119,11 +107,11 @@ def test_a_stop_on_event_stops_through_should_stop(tmp_path):
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`, callbacks used to create the checkpoint")
 def test_resuming_from_a_checkpoint_restores_the_monitor(tmp_path):
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=10, save_top_k=-1)
-    first = callback(detectors=[At(10)])
+    first = callback(detectors=[cases.ForcedAt(10)])
     fit(tmp_path, [first, checkpoints], max_steps=20, enable_checkpointing=True)
     assert first.monitor.step_count == 20
     # resume from step 10: steps 11..20 come again and must not be written twice
-    second = callback(detectors=[At(10)])
+    second = callback(detectors=[cases.ForcedAt(10)])
     trainer, _ = fit(tmp_path, [second], ckpt_path=tmp_path / "ckpt" / "step=10.ckpt")
     assert trainer.global_step == second.monitor.step_count == 30
     assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # from the checkpoint

@@ -6,34 +6,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import struct
 from pathlib import Path
 
+import cases
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from edgewatch.hooks.events import Detector, Event
 from edgewatch.integrations.transformers import EdgewatchCallback
 from edgewatch.loggers import read_jsonl
 
 STEPS = 10
 
 
-class At(Detector):
-    """Emits one ``forced`` event at a given step."""
-
-    kinds = ("forced",)
-
-    def __init__(self, step):
-        self.step = step
-
-    def update(self, metrics, step):
-        return [Event(step, "forced", "warning", f"forced at step {step}")] if step == self.step else []
-
-
-def tokens(count, seed):
-    return torch.randint(0, 64, (count, 12), generator=torch.Generator().manual_seed(seed))
 
 
 def train(output_dir, watcher, report_to, logging_steps=1):
@@ -44,7 +29,7 @@ def train(output_dir, watcher, report_to, logging_steps=1):
     args = TrainingArguments(output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=8,
                              learning_rate=3e-3, report_to=report_to, use_cpu=True, logging_steps=logging_steps,
                              disable_tqdm=True, seed=0, save_strategy="no")
-    data = [{"input_ids": t, "labels": t} for t in tokens(96, seed=1)]
+    data = [{"input_ids": t, "labels": t} for t in cases.tokens(96, seed=1)]
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[watcher])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -53,7 +38,7 @@ def train(output_dir, watcher, report_to, logging_steps=1):
 
 
 def callback(**kwargs):
-    probe = tokens(8, seed=2)
+    probe = cases.tokens(8, seed=2)
     return EdgewatchCallback([{"input_ids": probe, "labels": probe}], every=1, curvature=5, max_hvps=20, **kwargs)
 
 
@@ -103,32 +88,13 @@ def test_the_run_directory_is_under_output_dir(tensorboard_run):
     assert watcher.monitor.run_dir.parent == output_dir / "edgewatch_runs"
 
 
-def transaction_log(run_dir: Path) -> list:
-    """The records of an offline run's ``run-<id>.wandb`` (LevelDB's log format: 32 KiB blocks of
-    chunks behind 7-byte headers, after a 7-byte file header)."""
-    from wandb.proto.wandb_internal_pb2 import Record
-
-    [path] = run_dir.glob("run-*.wandb")
-    data, records, position, chunks = path.read_bytes(), [], 7, b""
-    while position + 7 <= len(data):
-        if 32768 - position % 32768 < 7:
-            position += 32768 - position % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunks += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            records.append(Record.FromString(chunks))
-            chunks = b""
-    return records
-
 
 def test_report_to_wandb_receives_the_metrics_once_and_the_events_table(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
         monkeypatch.setenv(name, value)
     # loggers=["wandb"] beside report_to=["wandb"]: the run gets the events, but the metrics only once
-    watcher = callback(detectors=[At(3)], loggers=["wandb"])
+    watcher = callback(detectors=[cases.ForcedAt(3)], loggers=["wandb"])
     try:
         train(tmp_path / "out", watcher, ["wandb"], logging_steps=2)
         run_dir = Path(wandb.run.dir).parent
@@ -137,7 +103,7 @@ def test_report_to_wandb_receives_the_metrics_once_and_the_events_table(tmp_path
             wandb.run.finish()
         wandb.teardown()  # waits for the service to write the log; the next run needs a new one anyway
     rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-            for record in transaction_log(run_dir) if record.WhichOneof("record_type") == "history"]
+            for record in cases.wandb_records(run_dir) if record.WhichOneof("record_type") == "history"]
     records = records_of(watcher)
     ours = [row for row in rows if "train/edgewatch/loss" in row]
     # every second step, each edgewatch metric's latest value: the loss of that step, the curvature of step 5 at 6

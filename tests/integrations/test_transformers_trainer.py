@@ -5,32 +5,18 @@ from __future__ import annotations
 import importlib
 import sys
 
+import cases
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from edgewatch import MissingExtraError
-from edgewatch.hooks.events import Detector, Event
 from edgewatch.integrations.transformers import STATE_FILE, EdgewatchCallback
 from edgewatch.loggers import read_jsonl
 
 CLIP = 0.05  # below every gradient norm of this run: clipping always acts
 
 
-class At(Detector):
-    """Emits one ``forced`` event at a given step."""
-
-    kinds = ("forced",)
-
-    def __init__(self, step):
-        self.step = step
-
-    def update(self, metrics, step):
-        return [Event(step, "forced", "warning", f"forced at step {step}")] if step == self.step else []
-
-
-def tokens(count, seed):
-    return torch.randint(0, 64, (count, 12), generator=torch.Generator().manual_seed(seed))
 
 
 def train(output_dir, callbacks=(), max_steps=30, resume=None, loss_kwargs=True, **kwargs):
@@ -42,7 +28,7 @@ def train(output_dir, callbacks=(), max_steps=30, resume=None, loss_kwargs=True,
                              gradient_accumulation_steps=2, learning_rate=3e-3, max_grad_norm=CLIP, report_to=[],
                              use_cpu=True, logging_steps=1, disable_tqdm=True, seed=0,
                              **{"save_strategy": "no", **kwargs})
-    data = [{"input_ids": t, "labels": t} for t in tokens(96, seed=1)]
+    data = [{"input_ids": t, "labels": t} for t in cases.tokens(96, seed=1)]
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=list(callbacks))
     trainer.model_accepts_loss_kwargs = loss_kwargs  # False: the Trainer averages micro-batch losses itself
     trainer.train(resume_from_checkpoint=resume)
@@ -50,7 +36,7 @@ def train(output_dir, callbacks=(), max_steps=30, resume=None, loss_kwargs=True,
 
 
 def callback(**kwargs):
-    probe = tokens(8, seed=2)
+    probe = cases.tokens(8, seed=2)
     return EdgewatchCallback([{"input_ids": probe, "labels": probe}], **{"every": 1, "curvature": 10, "max_hvps": 20, **kwargs})
 
 
@@ -79,7 +65,7 @@ def test_watching_leaves_the_trajectory_bit_identical(tmp_path):
 
 
 def test_a_stop_on_event_stops_through_the_control_flag(tmp_path):
-    watcher = callback(detectors=[At(10)], stop_on=["forced"])
+    watcher = callback(detectors=[cases.ForcedAt(10)], stop_on=["forced"])
     trainer = train(tmp_path, [watcher])
     assert trainer.state.global_step == 10
     assert watcher.stopped_by.step == 10 and watcher.stopped_by.kind == "forced"
@@ -87,11 +73,11 @@ def test_a_stop_on_event_stops_through_the_control_flag(tmp_path):
 
 
 def test_resuming_from_a_checkpoint_restores_the_monitor(tmp_path):
-    first = callback(detectors=[At(10)])
+    first = callback(detectors=[cases.ForcedAt(10)])
     train(tmp_path, [first], max_steps=20, save_strategy="steps", save_steps=10)
     assert (tmp_path / "checkpoint-10" / STATE_FILE).is_file()
     # resume from step 10: steps 11..20 come again and must not be written twice
-    second = callback(detectors=[At(10)])
+    second = callback(detectors=[cases.ForcedAt(10)])
     trainer = train(tmp_path, [second], resume=str(tmp_path / "checkpoint-10"))
     assert trainer.state.global_step == second.monitor.step_count == 30
     assert [(e.step, e.kind) for e in second.monitor.events] == [(10, "forced")]  # from the checkpoint

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import cases
 import pytest
 from watched import NAN_AT, STEPS, assert_failure_is_contained, watched_run
 
@@ -23,28 +23,6 @@ from edgewatch.loggers.wandb import EVENT_COLUMNS, STEP_METRIC
 wandb = pytest.importorskip("wandb")
 
 
-def transaction_log(run_dir: Path) -> list:
-    """The records of ``run-<id>.wandb``: after a 7-byte file header (``:W&B``, magic, version),
-    32 KiB blocks of chunks, each behind a 7-byte header (crc32, length, type 1 full, 2 first,
-    3 middle, 4 last), a block's tail shorter than a header left as padding (LevelDB's log format).
-    """
-    from wandb.proto.wandb_internal_pb2 import Record
-
-    [path] = run_dir.glob("run-*.wandb")
-    data, records, position, chunks = path.read_bytes(), [], 7, b""
-    assert data[:4] == b":W&B"
-    while position + 7 <= len(data):
-        if 32768 - position % 32768 < 7:
-            position += 32768 - position % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunks += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            records.append(Record.FromString(chunks))
-            chunks = b""
-    return records
-
 
 def items(updates) -> dict:
     """History rows and config updates as ``{name: value}`` (a table's fields as ``name/field``)."""
@@ -54,7 +32,7 @@ def items(updates) -> dict:
 def read_back(run_dir: Path) -> SimpleNamespace:
     """What a finished offline run wrote: history rows, config, metric definitions, alerts."""
     wandb.teardown()  # finish() returns before W&B's service has written the log; this waits for it to exit
-    records = transaction_log(run_dir)
+    records = cases.wandb_records(run_dir)
 
     def of(kind: str) -> list:
         return [getattr(record, kind) for record in records if record.WhichOneof("record_type") == kind]
