@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from edgewatch import curvature, distributed, hooks, loggers, optimizers
+from edgewatch import curvature, distributed, hooks, loggers, names, optimizers
 from edgewatch._optional import MissingExtraError
 from edgewatch.hooks import Event, Monitor, Schedule, StopTraining
 from edgewatch.probing import probe_from
@@ -20,6 +20,7 @@ __all__ = [
     "hooks",
     "load_run",
     "loggers",
+    "names",
     "optimizers",
     "probe_from",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgewatch import names
 from edgewatch._optional import require
 from edgewatch.cli import rundir
 from edgewatch.cli.rundir import RunDirError, Series
@@ -28,8 +29,8 @@ from edgewatch.cli.rundir import RunDirError, Series
 __all__ = ["Run", "RunDirError", "Series", "latest_run_dir", "load_run"]
 
 # The metrics the summary shows.
-LAMBDA_MAX = "curvature/lambda_max"
-THRESHOLD = "curvature/threshold"
+LAMBDA_MAX = names.LAMBDA_MAX
+THRESHOLD = names.THRESHOLD
 
 
 def load_run(path: str | os.PathLike) -> Run:

@@ -140,7 +140,7 @@ LAMBDA, STREAMED = "curvature/lambda_max", "curvature/streamed"
 PROBE_FRACTION = 0.25
 SECONDS = ("curvature/seconds", "monitor/probe_seconds")  # a probe's seconds, under either name
 HVPS = "monitor/probe_hvps"
-PRECOND, PRECOND_STREAMED = "curvature/precond_lambda_max", "curvature/precond/streamed"
+PRECOND, PRECOND_STREAMED = "curvature/precond/lambda_max", "curvature/precond/streamed"
 RESIDUAL, PRECOND_RESIDUAL = "curvature/lambda_max_residual", "curvature/precond/lambda_max_residual"
 CONVERGED, PRECOND_CONVERGED = "curvature/converged", "curvature/precond/converged"
 

@@ -15,7 +15,7 @@ Two networks (PyTorch default initialization, seed 0):
 - MLP tanh 64-100-100-100-10 at η = 1e-3, 2e-3, 4e-3 (1,000 steps each);
 - CNN ReLU (two 3×3 convolutions, 8 channels, average pool, linear head) at η = 4e-3 (400 steps).
 The Monitor measures on the full training batch every 20 steps: ``curvature/lambda_max`` (λ_1(H)),
-``curvature/precond_lambda_max`` (λ_1 of P_t^-½ H P_t^-½), ``curvature/threshold`` (38/η) and
+``curvature/precond/lambda_max`` (λ_1 of P_t^-½ H P_t^-½), ``curvature/threshold`` (38/η) and
 ``curvature/stability_ratio`` (r = η·λ_1(P^-½HP^-½)/38), each by warm-started Lanczos.
 ``adam/epsilon_fraction`` (share of coordinates with √v̂ < ε) is 1.08% for the MLP and 0 for the
 CNN: the MLP's 1.08% are the first-layer weights of the three pixels that are blank in every
@@ -157,10 +157,10 @@ def train(setting: Setting, args: Any) -> dict[str, Any]:
 
 def probes(metrics: list[dict[str, Any]]) -> dict[str, list[float]]:
     """The curvature probes that measured both sharpnesses (Adam has no P before its first step)."""
-    rows = [m for m in metrics if "curvature/precond_lambda_max" in m and "curvature/lambda_max" in m]
+    rows = [m for m in metrics if "curvature/precond/lambda_max" in m and "curvature/lambda_max" in m]
     return {
         "step": [m["step"] for m in rows],
-        "precond": [m["curvature/precond_lambda_max"] for m in rows],
+        "precond": [m["curvature/precond/lambda_max"] for m in rows],
         "threshold": [m["curvature/threshold"] for m in rows],
         "ratio": [m["curvature/stability_ratio"] for m in rows],
         "raw": [m["curvature/lambda_max"] for m in rows],

@@ -197,7 +197,7 @@ def summarize(setting: Setting, run: dict[str, Any]) -> dict[str, Any]:
     r_steps = [m["step"] for m in probes]
     ratio = [m["curvature/stability_ratio"] for m in probes]
     # λ_1(H) for GD; λ_1(P^-½HP^-½) for Adam, the sharpness its r is computed from
-    sharpness = [m.get("curvature/precond_lambda_max", math.nan) for m in probes]
+    sharpness = [m.get("curvature/precond/lambda_max", math.nan) for m in probes]
     threshold = [m.get("curvature/threshold", math.nan) for m in probes]
     loss_steps, loss = series(metrics, "loss")
     final_loss = loss[-1] if loss else math.nan

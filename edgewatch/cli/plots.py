@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgewatch import names
 from edgewatch._optional import require
 from edgewatch.cli.rundir import Run, Series
 from edgewatch.hooks.events import KINDS, SEVERITIES
@@ -40,9 +41,9 @@ RATIO_CAP = 10.0
 SEVERITY_COLORS = {"info": "#2ca02c", "warning": "#ff7f0e", "critical": "#d62728"}
 _MARKERS = "v^sDPX*o<>hpd"
 _DASHED = {"color": "C0", "ls": "--", "lw": 1.2, "marker": None}
-_NORMS = (("grad/norm", "‖g‖ gradient"), ("param/norm", "‖θ‖ parameters"), ("update/norm", "‖Δθ‖ update"),
-          ("update/ratio", "‖Δθ‖/‖θ‖"))
-_OUTPUT_LOGITS = (("logits/max", "max |z|"), ("logits/log_z_max", "max log Z"), ("logits/log_z_mean", "mean log Z"))
+_NORMS = ((names.GRAD_NORM, "‖g‖ gradient"), (names.PARAM_NORM, "‖θ‖ parameters"), (names.UPDATE_NORM, "‖Δθ‖ update"),
+          (names.UPDATE_RATIO, "‖Δθ‖/‖θ‖"))
+_OUTPUT_LOGITS = ((names.LOGITS_MAX, "max |z|"), (names.LOGITS_LOG_Z_MAX, "max log Z"), (names.LOGITS_LOG_Z_MEAN, "mean log Z"))
 
 
 
@@ -54,11 +55,11 @@ def report_figure(run: Run, path: Path, progress: Any = None) -> Any:
     docstring.
     """
     panels: list[tuple[str, str, str, Callable[[Any], None]]] = []
-    if run.has("loss"):
-        panels.append(("loss", "loss, with events", "loss", lambda ax: _lines(ax, [(run.series("loss"), "loss", {"color": "#333"})])))
-    if run.has("curvature/lambda_max") or run.has("curvature/precond_lambda_max"):
+    if run.has(names.LOSS):
+        panels.append(("loss", "loss, with events", "loss", lambda ax: _lines(ax, [(run.series(names.LOSS), "loss", {"color": "#333"})])))
+    if run.has(names.LAMBDA_MAX) or run.has(names.PRECOND_LAMBDA_MAX):
         panels.append(("sharpness", "sharpness against the stability threshold (dashed)", "eigenvalue", lambda ax: _sharpness(ax, run)))
-    if run.has("curvature/stability_ratio"):
+    if run.has(names.STABILITY_RATIO):
         panels.append(("ratio", "stability ratio r = ηλ/c", "r", lambda ax: _ratio(ax, [(run, "r", "C0")])))
     logits = [(run.series(name), label, {}) for name, label in _OUTPUT_LOGITS if run.has(name)]
     if logits:
@@ -66,8 +67,8 @@ def report_figure(run: Run, path: Path, progress: Any = None) -> Any:
     attention = _attention_lines(run)
     if attention:
         panels.append(("attention", "attention logits", "max |q·k|/√d", lambda ax: _lines(ax, attention)))
-    if run.has("attn/entropy_min"):
-        entropy = [(run.series("attn/entropy_min"), "min attention entropy", {"color": "C5"})]
+    if run.has(names.ATTN_ENTROPY_MIN):
+        entropy = [(run.series(names.ATTN_ENTROPY_MIN), "min attention entropy", {"color": "C5"})]
         panels.append(("entropy", "attention entropy", "nats", lambda ax: _lines(ax, entropy)))
     norms = [(run.series(name), label, {}) for name, label in _NORMS if run.has(name)]
     if norms:
@@ -109,18 +110,18 @@ def compare_figure(runs: Sequence[Run], labels: Sequence[str], path: Path, progr
         return lambda ax: _lines(ax, [(r.series(name), None, {"color": c}) for r, c in zip(runs, colors)], log=log, cap=cap,
                                  note="cut at 10× the largest starting value")
 
-    if any(r.has("loss") for r in runs):
-        panels.append(("loss", "loss", "loss", overlay("loss")))
-    if any(r.has("curvature/lambda_max") or r.has("curvature/precond_lambda_max") for r in runs):
+    if any(r.has(names.LOSS) for r in runs):
+        panels.append(("loss", "loss", "loss", overlay(names.LOSS)))
+    if any(r.has(names.LAMBDA_MAX) or r.has(names.PRECOND_LAMBDA_MAX) for r in runs):
         panels.append(("sharpness", "sharpness λ_1 (preconditioned for adaptive optimizers) and threshold c/η (dashed)",
                        "eigenvalue", lambda ax: _compare_sharpness(ax, runs, colors)))
-    if any(r.has("curvature/stability_ratio") for r in runs):
+    if any(r.has(names.STABILITY_RATIO) for r in runs):
         panels.append(("ratio", "stability ratio r = ηλ/c (dotted: first eos_reached)", "r",
                        lambda ax: _ratio(ax, list(zip(runs, labels, colors)), eos=True)))
-    if any(r.has("grad/norm") for r in runs):
-        panels.append(("grad", "gradient norm", "‖g‖ (log)", overlay("grad/norm", log=True)))
-    if any(r.has("attn/max_logit") for r in runs):
-        panels.append(("attention", "attention max logit", "max |q·k|/√d", overlay("attn/max_logit")))
+    if any(r.has(names.GRAD_NORM) for r in runs):
+        panels.append(("grad", "gradient norm", "‖g‖ (log)", overlay(names.GRAD_NORM, log=True)))
+    if any(r.has(names.ATTN_MAX_LOGIT) for r in runs):
+        panels.append(("attention", "attention max logit", "max |q·k|/√d", overlay(names.ATTN_MAX_LOGIT)))
 
     if progress is not None:
         progress.add(len(panels))
@@ -150,16 +151,16 @@ def compare_figure(runs: Sequence[Run], labels: Sequence[str], path: Path, progr
 
 
 def _sharpness(ax: Any, run: Run) -> None:
-    raw, precond = run.series("curvature/lambda_max"), run.series("curvature/precond_lambda_max")
+    raw, precond = run.series(names.LAMBDA_MAX), run.series(names.PRECOND_LAMBDA_MAX)
     threshold = f"threshold {_constant(run)}/η"
     if _adaptive(run):
-        lines = [(precond, "preconditioned λ_1", {"color": "C0"}), (run.series("curvature/threshold"), threshold, _DASHED),
+        lines = [(precond, "preconditioned λ_1", {"color": "C0"}), (run.series(names.THRESHOLD), threshold, _DASHED),
                  (raw, "raw λ_1 of H", {"color": "C4"})]
     else:
         lines = [(raw if len(raw.steps) else precond, "λ_1", {"color": "C0"}),
-                 (run.series("curvature/threshold"), threshold, _DASHED)]
+                 (run.series(names.THRESHOLD), threshold, _DASHED)]
         lines += [(run.series(name), f"λ_{name.rsplit('_', 1)[1]}", {"color": "0.6", "lw": 0.8})
-                  for name in run.names("curvature/lambda_") if name.rsplit("_", 1)[1].isdigit() and name != "curvature/lambda_1"]
+                  for name in run.names(names.stem(names.LAMBDA_I)) if name.rsplit("_", 1)[1].isdigit() and name != names.family(names.LAMBDA_I, i=1)]
     _lines(ax, lines, **_lambda_cut([run]))
 
 
@@ -167,13 +168,13 @@ def _compare_sharpness(ax: Any, runs: Sequence[Run], colors: Sequence[str]) -> N
     lines = []
     for run, color in zip(runs, colors):
         lines += [(_sharpness_series(run), None, {"color": color}),
-                  (run.series("curvature/threshold"), None, {**_DASHED, "color": color})]
+                  (run.series(names.THRESHOLD), None, {**_DASHED, "color": color})]
     _lines(ax, lines, **_lambda_cut(runs))
 
 
 def _sharpness_series(run: Run) -> Series:
     """The λ_1 drawn against the threshold: preconditioned for adaptive optimizers, else raw."""
-    raw, precond = run.series("curvature/lambda_max"), run.series("curvature/precond_lambda_max")
+    raw, precond = run.series(names.LAMBDA_MAX), run.series(names.PRECOND_LAMBDA_MAX)
     return precond if _adaptive(run) or not len(raw.steps) else raw
 
 
@@ -185,7 +186,7 @@ def _lambda_cut(runs: Sequence[Run]) -> dict[str, Any]:
     """
     medians = []
     for run in runs:
-        threshold = run.series("curvature/threshold").values
+        threshold = run.series(names.THRESHOLD).values
         threshold = threshold[np.isfinite(threshold) & (threshold > 0)]
         if len(threshold):
             medians.append(float(np.median(threshold)))
@@ -196,7 +197,7 @@ def _lambda_cut(runs: Sequence[Run]) -> dict[str, Any]:
 
 
 def _ratio(ax: Any, runs: Sequence[tuple[Run, str, str]], eos: bool = False) -> None:
-    _lines(ax, [(run.series("curvature/stability_ratio"), None if eos else label, {"color": color}) for run, label, color in runs],
+    _lines(ax, [(run.series(names.STABILITY_RATIO), None if eos else label, {"color": color}) for run, label, color in runs],
            cap=RATIO_CAP, note=f"cut at r = {RATIO_CAP:g}", include=1.0)
     ax.axhline(1.0, color="#d62728", ls="--", lw=1, label="edge of stability, r = 1")
     for run, _, color in runs if eos else ():
@@ -206,8 +207,9 @@ def _ratio(ax: Any, runs: Sequence[tuple[Run, str, str]], eos: bool = False) -> 
 
 
 def _attention_lines(run: Run) -> list[tuple[Series, str | None, dict]]:
-    layers = [(run.series(name), f"layer {name.split('/', 2)[2]}", {"lw": 0.7, "alpha": 0.7}) for name in run.names("attn/max_logit/")]
-    overall = [(run.series("attn/max_logit"), "max over layers", {"color": "k", "lw": 1.6})] if run.has("attn/max_logit") else []
+    family = names.stem(names.ATTN_MAX_LOGIT_MODULE)
+    layers = [(run.series(name), name.removeprefix(family), {"lw": 0.7, "alpha": 0.7}) for name in run.names(family)]
+    overall = [(run.series(names.ATTN_MAX_LOGIT), "max over layers", {"color": "k", "lw": 1.6})] if run.has(names.ATTN_MAX_LOGIT) else []
     if len(layers) == 1 and overall:
         return overall  # the one layer is the maximum
     return overall + (layers if len(layers) <= 12 else [(s, None, kw) for s, _, kw in layers])  # unlabeled when many
@@ -283,17 +285,17 @@ def _anchor(run: Run, key: str) -> Series:
     if key == "sharpness":
         return _sharpness_series(run)
     if key == "ratio":
-        return run.series("curvature/stability_ratio")
+        return run.series(names.STABILITY_RATIO)
     if key == "logits":
-        return next((run.series(name) for name, _ in _OUTPUT_LOGITS if run.has(name)), run.series("logits/max"))
+        return next((run.series(name) for name, _ in _OUTPUT_LOGITS if run.has(name)), run.series(names.LOGITS_MAX))
     if key == "attention":
-        names = ["attn/max_logit", *run.names("attn/max_logit/")]
-        return next((run.series(name) for name in names if run.has(name)), run.series("attn/max_logit"))
+        candidates = [names.ATTN_MAX_LOGIT, *run.names(names.stem(names.ATTN_MAX_LOGIT_MODULE))]
+        return next((run.series(name) for name in candidates if run.has(name)), run.series(names.ATTN_MAX_LOGIT))
     if key == "entropy":
-        return run.series("attn/entropy_min")
+        return run.series(names.ATTN_ENTROPY_MIN)
     if key == "grad":
-        return run.series("grad/norm")
-    return run.series("loss")
+        return run.series(names.GRAD_NORM)
+    return run.series(names.LOSS)
 
 
 def _value_at(series: Series, step: int) -> float:
@@ -380,7 +382,7 @@ def _line2d(**kwargs: Any) -> Any:
 
 def _adaptive(run: Run) -> bool:
     """Whether the preconditioned sharpness differs from the raw one (it equals it for SGD)."""
-    raw, precond = run.series("curvature/lambda_max"), run.series("curvature/precond_lambda_max")
+    raw, precond = run.series(names.LAMBDA_MAX), run.series(names.PRECOND_LAMBDA_MAX)
     if not len(precond.steps):
         return False
     same = np.array_equal(raw.steps, precond.steps) and np.allclose(raw.values, precond.values, equal_nan=True)

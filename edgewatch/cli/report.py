@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from edgewatch import names
 from edgewatch.cli.rundir import RUN_FILES, Run, RunDirError, load_run, resolve_run_dir, run_ended
 
 __all__ = ["ReportResult", "follow", "output_paths", "report", "summarize", "write_report"]
@@ -145,11 +146,11 @@ def _progress(summary: Mapping[str, Any]) -> str:
 
 def summarize(run: Run) -> dict[str, Any]:
     """The run's summary numbers (see the module docstring); ``None`` where the run has no data."""
-    ratio = run.series("curvature/stability_ratio")
+    ratio = run.series(names.STABILITY_RATIO)
     kinds = Counter(event["kind"] for event in run.events)
     logged = ~np.isnan(ratio.values)  # inf is a real maximum, NaN is not
     best = int(np.argmax(np.where(logged, ratio.values, -np.inf))) if logged.any() else None
-    loss = run.series("loss").values
+    loss = run.series(names.LOSS).values
     return {
         "run": str(run.path),
         "label": run.name,
@@ -157,8 +158,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "steps": run.last_step,
         "records": max(len(series.steps) for series in run.metrics.values()),
         "final_loss": float(loss[-1]) if len(loss) else None,
-        "max_lambda": _max(run.series("curvature/lambda_max").values),
-        "max_precond_lambda": _max(run.series("curvature/precond_lambda_max").values),
+        "max_lambda": _max(run.series(names.LAMBDA_MAX).values),
+        "max_precond_lambda": _max(run.series(names.PRECOND_LAMBDA_MAX).values),
         "max_ratio": float(ratio.values[best]) if best is not None else None,
         "max_ratio_step": int(ratio.steps[best]) if best is not None else None,
         "first_eos_step": next((e["step"] for e in run.events if e["kind"] == "eos_reached"), None),

@@ -9,6 +9,10 @@ only), so a value that was logged as ``"nan"`` stays NaN and is never confused w
 may be partial: a torn last line is skipped (see :func:`~edgewatch.loggers.jsonl.read_jsonl`),
 a missing ``events.jsonl`` means no events and a missing or unreadable ``meta.json`` an empty meta.
 
+Metrics renamed since a run was written are read under their current names
+(:data:`edgewatch.names.ALIASES`: ``curvature/precond_lambda_max`` is ``curvature/precond/lambda_max``),
+in the metrics and in the events' values alike, so old run directories plot and compare with new ones.
+
 A *runs root* is a directory that holds run directories (``runs/`` by default, see
 :func:`~edgewatch.loggers.jsonl.runs_root`); :func:`resolve_run_dir` turns one into its latest run.
 """
@@ -26,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from edgewatch import names
 from edgewatch.loggers.jsonl import read_jsonl
 
 __all__ = ["Run", "RunDirError", "Series", "is_run_dir", "latest_run", "load_run", "resolve_run_dir", "run_ended",
@@ -228,7 +233,7 @@ def _read_metrics(path: Path, notes: list[str]) -> dict[str, Series]:
         for name, value in record.items():
             if name in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            steps, values = columns.setdefault(name, ([], []))
+            steps, values = columns.setdefault(names.current_name(name), ([], []))
             steps.append(record["step"])
             values.append(float(value))
     return {name: Series(np.asarray(s, np.int64), np.asarray(v, np.float64)) for name, (s, v) in columns.items()}
@@ -243,6 +248,6 @@ def _read_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
             "kind": str(record.get("kind", "?")),
             "severity": str(record.get("severity", "info")),
             "message": str(record.get("message", "")),
-            "values": values if isinstance(values, dict) else {},
+            "values": {names.current_name(k): v for k, v in values.items()} if isinstance(values, dict) else {},
         })
     return events

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from edgewatch import names
 from edgewatch.curvature._base import LossFn, _unwrap
 from edgewatch.distributed import GroupSpec, is_main_process, mean_over_ranks, probe_group
 from edgewatch.hooks.detectors import (
@@ -80,8 +81,8 @@ def default_detectors() -> list[Detector]:
     """Every built-in detector with its documented defaults (see each detector's docstring)."""
     return [
         EdgeOfStabilityDetector(),
-        SpikeDetector("loss", "loss_spike"),
-        SpikeDetector("grad/norm", "grad_spike"),
+        SpikeDetector(names.LOSS, "loss_spike"),
+        SpikeDetector(names.GRAD_NORM, "grad_spike"),
         CatapultDetector(),
         NonFiniteDetector(),
         adam_epsilon_dominates(),
@@ -121,6 +122,12 @@ class Monitor:
         detectors: the event detectors; default :func:`default_detectors`.
         callbacks: called with every :class:`Event` as it happens.
         stop_on: event kinds that stop training by raising :class:`StopTraining`.
+        module_metrics: how per-module metrics (``grad/norm/<module>``,
+            ``curvature/top_energy/<module>``) are keyed: ``"blocks"`` (default) sums them over
+            each block, a layer of a ``ModuleList`` or ``Sequential`` (``blocks.3``) or else a
+            direct child of the model (``embed``, ``head``), so a large model gives a few dozen
+            keys; ``"leaf"`` keys every module that owns parameters (``blocks.3.attn.qkv``).
+            See :mod:`~edgewatch.hooks.probes.blocks`.
         track_updates: keep a copy of the parameters to measure ``update/norm`` (memory: one
             model's worth).
         grad_scaler: the AMP ``GradScaler`` of the loop, if any: gradient norms are reported
@@ -198,6 +205,7 @@ class Monitor:
         callbacks: Sequence[Callable[[Event], None]] = (),
         stop_on: Iterable[str] = (),
         track_updates: bool = True,
+        module_metrics: Literal["blocks", "leaf"] = "blocks",
         grad_scaler: torch.amp.GradScaler | None = None,
         loggers: str | Logger | Sequence[str | Logger] = (),
         run_dir: str | os.PathLike | None | Literal[False] = None,
@@ -219,6 +227,7 @@ class Monitor:
         self.main_process = bool(main_process)
         self.curvature = CurvatureProbe(
             model, optimizer, loss_fn, probe, k=k, tol=tol, max_hvps=max_hvps, method=method, seed=seed, train=train,
+            module_metrics=module_metrics,
             process_group=False if self.process_group is None else self.process_group,
         )
         _check_probe_fits(self.curvature)
@@ -238,7 +247,8 @@ class Monitor:
         self._previous = [p.detach().clone() for p in self._params] if track_updates else None
         self._loss: Tensor | None = None
         self._named = _unwrap(model)  # names as in the module itself, not "module.…" of a DDP wrapper
-        self._recorder: GradientRecorder | None = GradientRecorder(self._named, self._params)
+        self.module_metrics = module_metrics
+        self._recorder: GradientRecorder | None = GradientRecorder(self._named, self._params, module_metrics, clock=self._clock)
         self._arm()
         self._snapshot_fresh = True  # _previous holds θ before the coming step (not yet consumed)
         self._hooks: list = []
@@ -267,6 +277,10 @@ class Monitor:
         self._step_count = value
         self._next_cheap = min(self._next_cheap, value + 1)
         self._arm()
+
+    def _clock(self) -> float:
+        """The budget's clock (read through the budget, so that a test's fake clock set later counts too)."""
+        return self.budget.clock()
 
     @property
     def overhead(self) -> float:
@@ -306,13 +320,13 @@ class Monitor:
         """
         if not self._hooks:
             if self._recorder is None:
-                self._recorder = GradientRecorder(self._named, self._params)
+                self._recorder = GradientRecorder(self._named, self._params, self.module_metrics, clock=self._clock)
                 self._arm()
             self._hooks = [
                 self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self._before_step()),
                 self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step()),
             ]
-            if self._step_count == 0 and self.curvature_schedule == "budget" and "curvature/probe_loss" not in self.latest_step:
+            if self._step_count == 0 and self.curvature_schedule == "budget" and names.PROBE_LOSS not in self.latest_step:
                 self._measure_now()
         return self
 
@@ -389,7 +403,7 @@ class Monitor:
                 self._snapshot_fresh = True
                 if self._recorder is not None:
                     self._recorder.remove()
-                    self._recorder = GradientRecorder(self._named, params)
+                    self._recorder = GradientRecorder(self._named, params, self.module_metrics, clock=self._clock)
                     self._arm()
             elif self._previous is not None and self._slow_due(self.step_count + 1):
                 self._snapshot()
@@ -426,10 +440,10 @@ class Monitor:
                 started = self.budget.clock()
                 metrics.update(self._probe(kind))
                 probe_seconds = self.budget.clock() - started
-                if "loss" not in metrics and "curvature/probe_loss" in metrics:
-                    metrics["loss"] = metrics["curvature/probe_loss"]
-            if cheap_due and "metrics/failed" not in metrics:
-                metrics["monitor/overhead"] = self.budget.overhead
+                if names.LOSS not in metrics and names.PROBE_LOSS in metrics:
+                    metrics[names.LOSS] = metrics[names.PROBE_LOSS]
+            if cheap_due and names.failed("metrics") not in metrics:
+                metrics[names.MONITOR_OVERHEAD] = self.budget.overhead
             self._loss = None
             if cheap_due and self._every is None:
                 self._next_cheap = step + self.budget.update_cheap_every()
@@ -468,10 +482,10 @@ class Monitor:
         escalate = kind == "full" or not isinstance(self.curvature_schedule, str) or self.budget.affords("full")
         metrics = self._guarded("curvature", lambda: self.curvature.measure(streamed=kind == "stream", escalate=escalate))
         seconds = self.budget.clock() - started
-        done: Kind = "stream" if metrics.get("curvature/streamed") == 1.0 else "full"
+        done: Kind = "stream" if metrics.get(names.STREAMED) == 1.0 else "full"
         self.budget.spent(done, seconds)
-        metrics["monitor/probe_seconds"] = seconds
-        metrics["monitor/probe_hvps"] = float(self.curvature.hessian.num_hvps - hvps)
+        metrics[names.PROBE_SECONDS] = seconds
+        metrics[names.PROBE_HVPS] = float(self.curvature.hessian.num_hvps - hvps)
         self._check_schedule_cost(seconds)
         return metrics
 
@@ -514,9 +528,9 @@ class Monitor:
             if gradients is not None:
                 metrics["grad/*"] = gradients
         if self._loss is not None:
-            metrics["loss"] = self._loss
+            metrics[names.LOSS] = self._loss
         for index, group in enumerate(self.optimizer.param_groups):
-            metrics["lr" if index == 0 else f"lr/group_{index}"] = float(group["lr"])
+            metrics[names.LR if index == 0 else names.family(names.LR_GROUP, index=index)] = float(group["lr"])
         if not slow:
             return metrics
         # The norms consume the snapshot; after a detach() or a failed step none is fresh.
@@ -524,7 +538,7 @@ class Monitor:
         self._snapshot_fresh = False
         # A failing whole-model metric costs only itself (one warning), not grad/norm, loss and lr.
         metrics.update(self._guarded("param", lambda: {"param/*": parameter_and_update_norms(self._params, previous)}))
-        fraction = self._guarded("adam", lambda: {"adam/epsilon_fraction": adam_epsilon_fraction(self.optimizer)})
+        fraction = self._guarded("adam", lambda: {names.ADAM_EPSILON_FRACTION: adam_epsilon_fraction(self.optimizer)})
         metrics.update({name: value for name, value in fraction.items() if value is not None})
         return metrics
 
@@ -537,12 +551,12 @@ class Monitor:
         rank's detectors see the same numbers and ``stop_on`` stops every rank at the same step.
         """
         loss, failures, budget = mean_over_ranks(self._loss, self.process_group, self.curvature.hessian.device,
-                                                 failed="metrics/failed" in cheap, extra=self.budget.pending())
+                                                 failed=names.failed("metrics") in cheap, extra=self.budget.pending())
         host = budget.tolist()
         self.budget.settle(host[:PENDING_FIELDS])
         if failures.item():
-            return {"metrics/failed": 1.0}
-        return cheap if loss is None else {**cheap, "loss": loss}
+            return {names.failed("metrics"): 1.0}
+        return cheap if loss is None else {**cheap, names.LOSS: loss}
 
     def _guarded(self, what: str, measure: Callable[[], dict]) -> dict:
         """A probe that fails must not stop training: warn once per kind of failure, go on."""
@@ -556,7 +570,7 @@ class Monitor:
                 self._warned.add(key)
                 warnings.warn(f"edgewatch: the {what} probe failed at step {self.step_count} "
                               f"({type(error).__name__}: {error}); training continues", stacklevel=3)
-            return {f"{what}/failed": 1.0}
+            return {names.failed(what): 1.0}
 
     def _detect(self, metrics: dict[str, float], step: int, log: bool) -> None:
         for detector in self.detectors:

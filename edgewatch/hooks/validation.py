@@ -28,6 +28,7 @@ from edgewatch.curvature.hessian import check_method
 from edgewatch.distributed import probe_group
 from edgewatch.hooks.budget import Budget
 from edgewatch.hooks.events import KINDS, Detector
+from edgewatch.hooks.probes.blocks import check_module_metrics
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.loggers._base import LOGGERS, Logger
 
@@ -191,6 +192,7 @@ _SETTINGS: dict[str, Callable[[Any], Any]] = {
     "callbacks": _check_callbacks,
     "stop_on": _together,
     "track_updates": lambda value: check_flag("track_updates", value),
+    "module_metrics": check_module_metrics,
     "grad_scaler": _check_grad_scaler,
     "loggers": _check_loggers,
     "run_dir": _check_run_dir,

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn, optim
 
+from edgewatch import names
 from edgewatch.hooks.events import Event
 from edgewatch.hooks.monitor import Monitor, check_stop_on
 from edgewatch.loggers import JsonlLogger, Logger, default_run_dir
@@ -30,7 +31,7 @@ from edgewatch.loggers import JsonlLogger, Logger, default_run_dir
 __all__ = ["PREFIX", "RUNS_FOLDER", "Adapter", "EventsOnly", "any_rank", "run_dir_under"]
 
 #: The prefix of every metric name edgewatch sends through a trainer's loggers.
-PREFIX = "edgewatch/"
+PREFIX = names.PREFIX
 
 #: The folder under the trainer's root directory that holds edgewatch's run directories.
 RUNS_FOLDER = "edgewatch_runs"

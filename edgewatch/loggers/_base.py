@@ -1,7 +1,8 @@
 """The logger interface, the fan-out to several loggers, and logger specs like ``"jsonl:runs/exp1"``.
 
 A logger receives plain data only: the run's ``meta`` dict once, then
-``log(metrics, step)`` with a flat ``dict[str, float]`` named as the README lists, and
+``log(metrics, step)`` with a flat ``dict[str, float]`` of plain names (:mod:`edgewatch.names`;
+a logger that writes outside the run directory adds :data:`edgewatch.names.PREFIX` itself), and
 ``log_event(record)`` with an event record ``{step, kind, severity, message, values}``
 (:meth:`edgewatch.Event.to_dict`). Every method of the base is a no-op, so a logger overrides
 only what it uses.

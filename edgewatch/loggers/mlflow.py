@@ -1,17 +1,19 @@
 """MLflow: metrics at the optimizer step, the run's meta as params, events as a JSON lines artifact.
 
-Run. An active MLflow run (``mlflow.start_run()`` in the training script) is reused and left open;
-edgewatch's names then carry the prefix ``edgewatch.`` (``edgewatch.loss``, ``edgewatch.model.class``),
-so they never collide with the script's own ``loss`` or with params it logged (MLflow refuses
-to change a param). Otherwise a run is created in ``experiment`` and finished in :meth:`close`,
-through an ``MlflowClient``: MLflow's global state (tracking URI, active run) is left alone.
+Run. An active MLflow run (``mlflow.start_run()`` in the training script) is reused and left open.
+Otherwise a run is created in ``experiment`` and finished in :meth:`close`, through an
+``MlflowClient``: MLflow's global state (tracking URI, active run) is left alone. Either way every
+name carries the prefix ``edgewatch/`` (:func:`edgewatch.names.prefixed`), as in every logger
+outside the run directory, written ``edgewatch.`` here (``edgewatch.loss``,
+``edgewatch.model.class``): never a collision with the script's own ``loss`` or with params it
+logged (MLflow refuses to change a param), and runs compare alike in MLflow, W&B and TensorBoard.
 
 Tracking URI. The argument, else ``$MLFLOW_TRACKING_URI``, else the file store
 ``file:$EDGEWATCH_DIR/mlruns`` (``./runs/mlruns``). MLflow 3 refuses file stores unless
 ``MLFLOW_ALLOW_FILE_STORE=true``; for a file store that variable is set in this process (unless
 it is set already), since a local directory is what a user who names none expects.
 
-Names. ``/`` becomes ``.`` (``grad/norm/fc`` → ``grad.norm.fc``): MLflow's file store keeps a
+Names. ``/`` becomes ``.`` (``edgewatch/grad/norm/fc`` → ``edgewatch.grad.norm.fc``): MLflow's file store keeps a
 metric in a file named by its path, and ``grad/norm`` beside ``grad/norm/fc`` (or ``lr`` beside
 ``lr/group_1``) would need a file and a directory of the same name. Of the other characters,
 MLflow allows alphanumerics, ``_ - .`` and spaces; the rest become ``_``
@@ -37,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from edgewatch import names
 from edgewatch._optional import require
 from edgewatch.loggers._base import Logger
 from edgewatch.loggers.jsonl import jsonable, runs_root
@@ -79,7 +82,6 @@ class MlflowLogger(Logger):
         self.client: Any = None
         self.run_id: str | None = None
         self._owned = False
-        self._prefix = ""
         self._names: dict[str, str] = {}  # metric name -> MLflow name, computed once per name
         self._events: list[str] = []
 
@@ -90,7 +92,7 @@ class MlflowLogger(Logger):
 
         active = mlflow.active_run()
         if active is not None:
-            self.client, self.run_id, self._prefix = mlflow.MlflowClient(), active.info.run_id, "edgewatch."
+            self.client, self.run_id = mlflow.MlflowClient(), active.info.run_id
         else:
             scheme = urlparse(self.tracking_uri).scheme
             if scheme in ("", "file") or len(scheme) == 1:  # a file store (a path, a Windows drive): MLflow 3
@@ -101,7 +103,7 @@ class MlflowLogger(Logger):
             self.run_id, self._owned = self.client.create_run(experiment_id, run_name=self.run_name).info.run_id, True
         # A param cannot change once logged: those already in the run (a resumed run) stay as they were.
         logged = self.client.get_run(self.run_id).data.params
-        params = {mlflow_name(self._prefix + key)[:MAX_ENTITY_KEY_LENGTH]: value[:MAX_PARAM_VAL_LENGTH] for key, value in _flatten(jsonable(meta))}
+        params = {mlflow_name(names.prefixed(key))[:MAX_ENTITY_KEY_LENGTH]: value[:MAX_PARAM_VAL_LENGTH] for key, value in _flatten(jsonable(meta))}
         self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in params.items() if key not in logged])
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -122,7 +124,7 @@ class MlflowLogger(Logger):
 
     def _name(self, name: str) -> str:
         if name not in self._names:
-            self._names[name] = mlflow_name(self._prefix + name)
+            self._names[name] = mlflow_name(names.prefixed(name))
         return self._names[name]
 
 

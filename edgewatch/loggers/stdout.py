@@ -6,22 +6,23 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from edgewatch import names
 from edgewatch.loggers._base import Logger
 
 __all__ = ["StdoutLogger"]
 
 #: What a line shows, when the step has it: (metric, label).
 COLUMNS = (
-    ("loss", "loss"),
-    ("lr", "lr"),
-    ("grad/norm", "|g|"),
-    ("update/ratio", "|Δθ|/|θ|"),
-    ("curvature/lambda_max", "λ1"),
-    ("curvature/precond_lambda_max", "λ1(P)"),
-    ("curvature/threshold", "thr"),
-    ("curvature/stability_ratio", "r"),
-    ("logits/max", "max|z|"),
-    ("attn/max_logit", "attn"),
+    (names.LOSS, "loss"),
+    (names.LR, "lr"),
+    (names.GRAD_NORM, "|g|"),
+    (names.UPDATE_RATIO, "|Δθ|/|θ|"),
+    (names.LAMBDA_MAX, "λ1"),
+    (names.PRECOND_LAMBDA_MAX, "λ1(P)"),
+    (names.THRESHOLD, "thr"),
+    (names.STABILITY_RATIO, "r"),
+    (names.LOGITS_MAX, "max|z|"),
+    (names.ATTN_MAX_LOGIT, "attn"),
 )
 
 
@@ -31,7 +32,7 @@ class StdoutLogger(Logger):
     Events are always printed, one line each. The spec ``"stdout:50"`` prints every 50th step.
 
     >>> logger = StdoutLogger()
-    >>> logger.log({"loss": 0.5, "curvature/lambda_max": 12.3456, "grad/norm/fc": 1.0}, step=16)
+    >>> logger.log({"loss": 0.5, names.LAMBDA_MAX: 12.3456, "grad/norm/fc": 1.0}, step=16)
     [edgewatch] step 16  loss 0.5  λ1 12.35
     >>> logger.log_event({"step": 16, "kind": "eos_reached", "severity": "info", "message": "r = 0.96"})
     [edgewatch] step 16  eos_reached [info] r = 0.96

@@ -1,10 +1,13 @@
 """Weights & Biases: metrics against the optimizer step, events as alerts and a table.
 
-Run. An active ``wandb.run`` (``wandb.init()`` in the training script) is reused and left open;
-edgewatch's metric names then carry the prefix ``edgewatch/`` (``edgewatch/loss`` beside the
-script's own ``loss``) and the meta goes under the config key ``edgewatch``, so nothing of the
-script's is overwritten. Otherwise :meth:`start` calls ``wandb.init(project=..., config=meta,
-**init_kwargs)``, names are unprefixed, and :meth:`close` finishes that run.
+Names. Every name carries the prefix ``edgewatch/`` (``edgewatch/loss``, ``edgewatch/events``;
+:func:`edgewatch.names.prefixed`), as in every logger outside the run directory, so it never
+collides with the script's own ``loss`` and reads alike in W&B, TensorBoard and MLflow.
+
+Run. An active ``wandb.run`` (``wandb.init()`` in the training script) is reused and left open,
+with the meta under the config key ``edgewatch``, so nothing of the script's is overwritten.
+Otherwise :meth:`start` calls ``wandb.init(project=..., config=meta, **init_kwargs)`` and
+:meth:`close` finishes that run.
 
 Step. Every record carries ``edgewatch/step``, the optimizer step, and each name edgewatch logs
 is declared against it with ``define_metric`` the first time it is logged: charts use the
@@ -28,12 +31,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from edgewatch import names
 from edgewatch._optional import require
 from edgewatch.loggers._base import Logger
 
 __all__ = ["EVENT_COLUMNS", "STEP_METRIC", "WandbLogger"]
 
-STEP_METRIC = "edgewatch/step"
+STEP_METRIC = names.prefixed("step")
 EVENT_COLUMNS = ["step", "kind", "severity", "message"]
 _ALERT_LEVELS = {"info": "INFO", "warning": "WARN", "critical": "ERROR"}
 
@@ -58,17 +62,16 @@ class WandbLogger(Logger):
         self.project, self.alert_interval, self.init_kwargs = project, alert_interval, init_kwargs
         self.run: Any = None
         self._owned = False
-        self._prefix = ""
         self._defined: set[str] = set()
         self._events: list[list[Any]] = []
         self._last_alert: dict[str, float] = {}  # kind -> time.monotonic() of its last alert
 
     def start(self, meta: Mapping[str, Any]) -> None:
         # a logger handed to a second Monitor (a second fit()) starts from nothing of the first run's
-        self._owned, self._prefix, self._defined, self._events = False, "", set(), []
+        self._owned, self._defined, self._events = False, set(), []
         wandb = self._wandb
         if wandb.run is not None:
-            self.run, self._prefix = wandb.run, "edgewatch/"
+            self.run = wandb.run
             self.run.config.update({"edgewatch": dict(meta)}, allow_val_change=True)
         else:
             self.run = wandb.init(project=self.project, config=dict(meta), **self.init_kwargs)
@@ -76,13 +79,13 @@ class WandbLogger(Logger):
         self.run.define_metric(STEP_METRIC)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self._log({self._prefix + name: value for name, value in metrics.items()}, step)
+        self._log({names.prefixed(name): value for name, value in metrics.items()}, step)
 
     def log_event(self, event: Mapping[str, Any]) -> None:
         step, kind, severity = int(event["step"]), str(event["kind"]), str(event["severity"])
         self._events.append([step, kind, severity, str(event["message"])])
         table = self._wandb.Table(columns=EVENT_COLUMNS, data=self._events)  # a logged table is frozen: a new one each time
-        self._log({self._prefix + "events": table}, step)
+        self._log({names.prefixed("events"): table}, step)
         now, last = time.monotonic(), self._last_alert.get(kind, -math.inf)
         if self.alert_interval is not None and now - last >= self.alert_interval:
             self._last_alert[kind] = now

@@ -129,7 +129,7 @@ def test_streamed_preconditioned_sharpness_matches_a_full_solve_for_adam():
     operator, _ = preconditioned_operator(HessianOperator(model, cases.cross_entropy, probe), optimizer)
     reference = lanczos(operator, k=1, tol=1e-10, max_hvps=400).eigenvalues.item()
     assert streamed["curvature/precond/streamed"] == 1.0
-    assert abs(streamed["curvature/precond_lambda_max"] - reference) <= 0.02 * reference
+    assert abs(streamed["curvature/precond/lambda_max"] - reference) <= 0.02 * reference
 
 
 def test_the_first_preconditioned_point_streams_from_the_hessians_vector_when_it_may_not_escalate():
@@ -141,7 +141,7 @@ def test_the_first_preconditioned_point_streams_from_the_hessians_vector_when_it
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     curvature = CurvatureProbe(model, optimizer, cases.cross_entropy, probe, tol=1e-8, max_hvps=200)
     at_zero = curvature.measure()
-    assert "curvature/precond_lambda_max" not in at_zero and curvature.preconditioned_vectors is None
+    assert "curvature/precond/lambda_max" not in at_zero and curvature.preconditioned_vectors is None
     for _ in range(3):
         optimizer.zero_grad()
         cases.cross_entropy(model, probe[0]).backward()
@@ -155,6 +155,6 @@ def test_the_first_preconditioned_point_streams_from_the_hessians_vector_when_it
 
         operator, _ = preconditioned_operator(HessianOperator(model, cases.cross_entropy, probe), optimizer)
         reference = lanczos(operator, k=1, tol=1e-10, max_hvps=400).eigenvalues.item()
-        assert reference - streamed["curvature/precond_lambda_max"] <= streamed["curvature/precond/lambda_max_residual"]
+        assert reference - streamed["curvature/precond/lambda_max"] <= streamed["curvature/precond/lambda_max_residual"]
     else:
-        assert "curvature/precond_lambda_max" not in streamed
+        assert "curvature/precond/lambda_max" not in streamed

@@ -29,7 +29,7 @@ def _norm(tensors) -> float:
 
 def test_norms_total_per_module_and_after_accumulation():
     model = _model()
-    recorder = GradientRecorder(model)
+    recorder = GradientRecorder(model, module_metrics="leaf")
     _loss(model, 0).backward()
     _loss(model, 1).backward()  # gradient accumulation: the second pass holds the sum
     metrics = recorder.metrics()
@@ -190,3 +190,97 @@ def test_a_rank_measuring_alone_logs_its_own_run(monkeypatch, tmp_path):
     assert not _watched()[2].main_process
     assert _watched(process_group=False)[2].main_process
     assert not _watched(process_group=False, main_process=False)[2].main_process
+
+
+class _Layer(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.attn = nn.ModuleDict({"q": nn.Linear(d, d), "k": nn.Linear(d, d)})
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.Tanh(), nn.Linear(2 * d, d))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x):
+        return self.norm(x + self.mlp(self.attn["q"](x) * self.attn["k"](x).tanh()))
+
+
+class _Nested(nn.Module):
+    """Blocks at three depths: a ModuleList of layers inside a wrapper, a direct child, a root parameter."""
+
+    def __init__(self, d: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, d)
+        self.body = nn.Module()
+        self.body.layers = nn.ModuleList([_Layer(d), _Layer(d)])
+        self.body.final = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 3)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        x = self.embed(x)
+        for layer in self.body.layers:
+            x = layer(x)
+        return self.scale * self.head(self.body.final(x))
+
+
+def test_block_norms_are_the_root_sum_of_their_leaf_squares():
+    torch.manual_seed(0)
+    model = _Nested()
+    blocks, leaves = GradientRecorder(model), GradientRecorder(model, module_metrics="leaf")
+    _loss(model, 0).backward()
+    by_block, by_leaf = blocks.metrics(), leaves.metrics()
+    assert by_block["grad/norm"] == pytest.approx(by_leaf["grad/norm"], rel=1e-12)
+    per_block = {name.removeprefix("grad/norm/") for name in by_block if name.startswith("grad/norm/")}
+    assert per_block == {"embed", "body.layers.0", "body.layers.1", "body", "head", "root"}
+    per_leaf = {name.removeprefix("grad/norm/") for name in by_leaf if name.startswith("grad/norm/")}
+    assert "body.layers.0.attn.q" in per_leaf and "body.layers.1.mlp.2" in per_leaf and "body.final" in per_leaf
+    for block in per_block:
+        inside = [leaf for leaf in per_leaf if leaf == block or leaf.startswith(block + ".")]
+        if block == "body":  # its layers are blocks of their own
+            inside = [leaf for leaf in inside if not leaf.startswith("body.layers.")]
+        assert inside or block == "root", block
+        expected = math.sqrt(sum(by_leaf[f"grad/norm/{leaf}"] ** 2 for leaf in inside))
+        assert by_block[f"grad/norm/{block}"] == pytest.approx(expected, rel=1e-9), block
+    layer = model.body.layers[1]
+    assert by_block["grad/norm/body.layers.1"] == pytest.approx(_norm(p.grad for p in layer.parameters()), rel=1e-6)
+    assert by_block["grad/norm/root"] == pytest.approx(abs(model.scale.grad.item()), rel=1e-6)
+
+
+def test_module_metrics_is_checked():
+    with pytest.raises(ValueError, match=r'module_metrics must be "blocks" .* or "leaf" .*got \'layers\''):
+        GradientRecorder(_model(), module_metrics="layers")
+
+
+def _watched_nested(module_metrics: str | None) -> dict[str, float]:
+    from edgewatch.hooks import Monitor
+
+    torch.manual_seed(0)
+    model = _Nested()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    probe = [(torch.randn(16, 6, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 3)]
+    kwargs = {} if module_metrics is None else {"module_metrics": module_metrics}
+    monitor = Monitor(model, optimizer, lambda m, b: F.cross_entropy(m(b[0]), b[1]), probe, every=1, curvature=1,
+                      run_dir=False, **kwargs).attach()
+    optimizer.zero_grad()
+    _loss(model, 0).backward()
+    optimizer.step()
+    monitor.close()
+    return monitor.latest
+
+
+def test_the_monitor_keys_per_module_metrics_by_block_unless_asked_for_leaves():
+    blocks, leaves = _watched_nested(None), _watched_nested("leaf")
+    for family in ("grad/norm/", "curvature/top_energy/"):
+        by_block = {k.removeprefix(family): v for k, v in blocks.items() if k.startswith(family)}
+        by_leaf = {k.removeprefix(family): v for k, v in leaves.items() if k.startswith(family)}
+        assert set(by_block) == {"embed", "body.layers.0", "body.layers.1", "body", "head", "root"}, family
+        assert len(by_leaf) == 14, family  # embed, 2 × (q, k, mlp.0, mlp.2, norm), body.final, head, root
+        layer = [v for k, v in by_leaf.items() if k.startswith("body.layers.1.")]
+        squares = family == "grad/norm/"  # norms add in squares, energy shares add as they are
+        expected = math.sqrt(sum(v * v for v in layer)) if squares else sum(layer)
+        assert by_block["body.layers.1"] == pytest.approx(expected, rel=1e-6, abs=1e-12), family
+    assert sum(v for k, v in blocks.items() if k.startswith("curvature/top_energy/")) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_monitor_refuses_an_unknown_module_metrics():
+    with pytest.raises(ValueError, match="module_metrics"):
+        _watched_nested("modules")

@@ -49,7 +49,7 @@ def test_sdpa_attention_logits_match_an_explicit_computation():
     with torch.no_grad():
         expected = explicit_scores(model, tokens).abs().max()
     torch.testing.assert_close(metrics["attn/max_logit"], expected)
-    assert metrics["attn/max_logit/0"] == metrics["attn/max_logit"]
+    assert metrics["attn/max_logit/root"] == metrics["attn/max_logit"]  # called from the model's own forward
     assert 0 < metrics["attn/entropy_min"] <= metrics["attn/entropy_mean"] <= math.log(tokens.shape[1])
     torch.testing.assert_close(metrics["logits/max"], model(tokens).abs().max())
 
@@ -69,7 +69,7 @@ def test_multihead_attention_logits_match_an_explicit_computation(batch_first):
     scores = (split(q) @ split(k).transpose(-2, -1) / 2.0).masked_fill(causal, 0.0)
     metrics = recorder.metrics()
     torch.testing.assert_close(metrics["attn/max_logit"], scores.detach().abs().max())
-    assert [name for name in metrics if name.startswith("attn/max_logit/")] == ["attn/max_logit/0"]  # counted once
+    assert [name for name in metrics if name.startswith("attn/max_logit/")] == ["attn/max_logit/root"]  # counted once
 
 
 def test_logit_metrics_come_with_every_curvature_probe():
@@ -83,7 +83,7 @@ def test_logit_metrics_come_with_every_curvature_probe():
         cases.next_token_loss(model, probe[0]).backward()
         optimizer.step()
     for name in ("logits/max", "logits/log_z_mean", "logits/log_z_max", "logits/z_loss", "attn/max_logit",
-                 "attn/max_logit/0", "attn/entropy_mean", "attn/entropy_min"):
+                 "attn/max_logit/root", "attn/entropy_mean", "attn/entropy_min"):
         assert name in monitor.latest and math.isfinite(monitor.latest[name]), name
 
 
@@ -120,7 +120,55 @@ def test_recording_needs_no_transformers():
         "model = cases.block(); recorder = LogitRecorder(model)\n"
         "with torch.no_grad(), recorder.recording():\n"
         "    model(cases.token_probe(batches=1)[0][:, :-1])\n"
-        "assert 'attn/max_logit/0' in recorder.metrics()\n"
+        "assert 'attn/max_logit/root' in recorder.metrics()\n"
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", script], cwd=root, check=True, timeout=120)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, d: int = 8, twice: bool = False) -> None:
+        super().__init__()
+        self.qkv, self.twice = nn.Linear(d, 3 * d), twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, -1)).permute(2, 0, 3, 1, 4)  # 2 heads
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.twice:  # e.g. a second pass over the same keys, with queries scaled up
+            out = out + F.scaled_dot_product_attention(4 * q, k, v, is_causal=True)
+        return x + out.transpose(1, 2).flatten(-2)
+
+
+class _Stack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.ModuleDict({"attn": _SelfAttention()}), nn.ModuleDict({"attn": _SelfAttention(twice=True)})])
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer["attn"](x)
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+def test_attention_is_named_by_the_module_that_made_the_call():
+    torch.manual_seed(0)
+    model, other = _Stack(), _SelfAttention()
+    x = torch.randn(3, 5, 8)
+    recorder = LogitRecorder(model)
+    with torch.no_grad(), recorder.recording():
+        other(x)  # another module's attention, outside the model: not counted
+        model(x)
+        model(x)  # a second batch: the same names
+    metrics = recorder.metrics()
+    per_module = [name for name in metrics if name.startswith("attn/max_logit/")]
+    assert per_module == ["attn/max_logit/layers.0.attn", "attn/max_logit/layers.1.attn", "attn/max_logit/layers.1.attn-2",
+                          "attn/max_logit/mha"]
+    assert metrics["attn/max_logit/layers.1.attn-2"] > metrics["attn/max_logit/layers.1.attn"]  # queries scaled by 4
+    assert metrics["attn/max_logit"] == max(metrics[name] for name in per_module)
+    with torch.no_grad():
+        attention = model.layers[0]["attn"]
+        q, k, _ = attention.qkv(x).unflatten(-1, (3, 2, -1)).permute(2, 0, 3, 1, 4)
+        causal = torch.ones(5, 5, dtype=torch.bool).tril()
+        expected = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~causal, 0.0).abs().max()
+    torch.testing.assert_close(metrics["attn/max_logit/layers.0.attn"], expected)

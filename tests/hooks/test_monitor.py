@@ -93,7 +93,7 @@ def test_metrics_of_a_watched_run():
     _, _, _, monitor, _ = train(transformer_adamw, steps=20, watch=True)
     latest = monitor.latest  # step 20: cheap metrics and a curvature probe
     for name in ("loss", "lr", "grad/norm", "param/norm", "update/norm", "update/ratio", "adam/epsilon_fraction",
-                 "grad/nonfinite_params", "curvature/lambda_max", "curvature/lambda_2", "curvature/precond_lambda_max",
+                 "grad/nonfinite_params", "curvature/lambda_max", "curvature/lambda_2", "curvature/precond/lambda_max",
                  "curvature/threshold", "curvature/stability_ratio", "curvature/directional_sharpness",
                  "curvature/gradient_overlap", "curvature/lambda_max_residual", "curvature/hvps"):
         assert name in latest and math.isfinite(latest[name]), name
@@ -101,7 +101,7 @@ def test_metrics_of_a_watched_run():
     assert latest["lr"] == pytest.approx(eta) and latest["curvature/reference_lr"] == pytest.approx(eta)
     assert latest["curvature/threshold"] == pytest.approx(38 * (1 - eta * 0.1 / 2) / eta)
     assert latest["curvature/stability_ratio"] == pytest.approx(
-        eta * latest["curvature/precond_lambda_max"] / (38 * (1 - eta * 0.05)))
+        eta * latest["curvature/precond/lambda_max"] / (38 * (1 - eta * 0.05)))
     shares = [v for k, v in latest.items() if k.startswith("curvature/top_energy/")]
     assert sum(shares) == pytest.approx(1.0, abs=1e-4)
     assert 0 <= latest["curvature/gradient_overlap"] <= 1 + 1e-6

@@ -71,9 +71,9 @@ def test_adam_has_no_preconditioned_sharpness_at_step_zero():
     model, optimizer, probe, monitor = setup("adam")
     monitor.attach()
     assert monitor.latest_step["curvature/lambda_max"] == 0
-    assert "curvature/precond_lambda_max" not in monitor.latest  # no second moment exists yet
+    assert "curvature/precond/lambda_max" not in monitor.latest  # no second moment exists yet
     train(model, optimizer, probe, monitor, 3)
-    assert monitor.latest_step["curvature/precond_lambda_max"] == 3
+    assert monitor.latest_step["curvature/precond/lambda_max"] == 3
     assert math.isfinite(monitor.latest["curvature/stability_ratio"])
 
 

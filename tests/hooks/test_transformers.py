@@ -31,6 +31,13 @@ def bert():
     return BertForMaskedLM(config)
 
 
+def attention_keys(model) -> list[str]:
+    """``attn/max_logit/<module>`` of each layer, in layer order: named by the attention module that made the call."""
+    path = {"GPT2LMHeadModel": "transformer.h.{}.attn", "BertForMaskedLM": "bert.encoder.layer.{}.attention.self",
+            "LlamaForCausalLM": "model.layers.{}.self_attn"}[type(model).__name__]
+    return [f"attn/max_logit/{path.format(i)}" for i in range(model.config.num_hidden_layers)]
+
+
 def language_model_loss(model, tokens):
     return model(input_ids=tokens, labels=tokens).loss
 
@@ -48,7 +55,7 @@ def test_monitor_reads_a_hugging_face_model(make):
         optimizer.step()
     latest = monitor.latest
     for name in ("curvature/lambda_max", "curvature/stability_ratio", "logits/log_z_max", "attn/max_logit",
-                 "attn/max_logit/0", "attn/max_logit/1", "attn/entropy_min"):
+                 *attention_keys(model), "attn/entropy_min"):
         assert math.isfinite(latest[name]), name
     assert latest["curvature/lambda_max"] > 0
     if make is bert:  # near-uniform attention at init over 12 keys
@@ -69,7 +76,7 @@ def test_gpt2_attention_logits_match_its_weights():
         scores = split(q) @ split(k).transpose(-2, -1) / 4.0
         causal = torch.ones(10, 10, dtype=torch.bool).tril()
         expected = scores.masked_fill(~causal, 0.0).abs().max()
-    torch.testing.assert_close(recorder.metrics()["attn/max_logit/0"], expected)
+    torch.testing.assert_close(recorder.metrics()["attn/max_logit/transformer.h.0.attn"], expected)
 
 
 # -- eager attention (attn_implementation="eager", which output_attentions needs) ------------------------
@@ -148,12 +155,12 @@ def test_eager_attention_logits_match_the_query_key_products(make, scores_of):
     for i, (scores, attention) in enumerate(zip(all_scores, out.attentions)):
         # the hand-made products are the model's own: output_attentions is their masked softmax
         torch.testing.assert_close(scores.masked_fill(~allowed, float("-inf")).softmax(-1)[rows], attention[rows])
-        torch.testing.assert_close(metrics[f"attn/max_logit/{i}"], scores.masked_fill(~allowed, 0.0).abs().max())
+        torch.testing.assert_close(metrics[attention_keys(model)[i]], scores.masked_fill(~allowed, 0.0).abs().max())
         entropy = -(attention * attention.clamp_min(1e-30).log()).sum(-1)
         several = allowed.sum(-1).expand_as(entropy) >= 2  # one key to look at: entropy 0 by force
         means.append(entropy[several].mean())
         minima.append(entropy[several].min())
-    assert [name for name in metrics if name.startswith("attn/max_logit/")] == ["attn/max_logit/0", "attn/max_logit/1"]
+    assert [name for name in metrics if name.startswith("attn/max_logit/")] == attention_keys(model)
     assert metrics["attn/max_logit"] > 1.0  # a real logit, far from the near-zero ones at init
     torch.testing.assert_close(metrics["attn/entropy_mean"], torch.stack(means).mean())
     torch.testing.assert_close(metrics["attn/entropy_min"], torch.stack(minima).min())
@@ -171,7 +178,7 @@ def test_recording_eager_attention_changes_no_output_or_gradient(make):
             out = model(input_ids=tokens, labels=tokens)
         out.loss.backward()
         runs.append((out.logits, [p.grad for p in model.parameters()]))
-        assert ("attn/max_logit/1" in recorder.metrics()) == record
+        assert (attention_keys(model)[1] in recorder.metrics()) == record
     (logits, grads), (logits_recorded, grads_recorded) = runs
     assert torch.equal(logits, logits_recorded)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_recorded))
@@ -193,10 +200,9 @@ def test_monitor_reads_eager_attention(make):
             optimizer.zero_grad()
             language_model_loss(model, tokens).backward()
             optimizer.step()
-    for name in ("curvature/lambda_max", "attn/max_logit", "attn/max_logit/0", "attn/max_logit/1",
-                 "attn/entropy_mean", "attn/entropy_min"):
+    for name in ("curvature/lambda_max", "attn/max_logit", *attention_keys(model), "attn/entropy_mean", "attn/entropy_min"):
         assert math.isfinite(monitor.latest[name]), name
-    assert "attn/max_logit/2" not in monitor.latest  # each layer counted once
+    assert [name for name in monitor.latest if name.startswith("attn/max_logit/")] == attention_keys(model)  # each once
     assert (modeling_gpt2.eager_attention_forward, modeling_llama.eager_attention_forward) == originals
 
 
@@ -208,8 +214,7 @@ def test_attention_of_another_model_is_not_counted():
         other(input_ids=tokens)  # a different model running meanwhile, e.g. a reference model
         model(input_ids=tokens)
         GPT2LMHeadModel(model.config).eval()(input_ids=tokens)  # and another of the same class
-    assert sorted(name for name in recorder.metrics() if name.startswith("attn/max_logit/")) == [
-        "attn/max_logit/0", "attn/max_logit/1"]
+    assert [name for name in recorder.metrics() if name.startswith("attn/max_logit/")] == attention_keys(model)
 
 
 def test_attention_not_seen_is_reported_once():

@@ -43,17 +43,18 @@ def test_monitor_run_reads_back(tmp_path, file_store):
 
     metrics = list(read_jsonl(monitor.run_dir / "metrics.jsonl"))
     names = {name for record in metrics for name in record} - {"step", "time"}
-    assert set(run.data.metrics) == {mlflow_name(name) for name in names}
+    assert set(run.data.metrics) == {mlflow_name(f"edgewatch/{name}") for name in names}  # prefixed, as in W&B and TensorBoard
     for name in names:
         expected = {record["step"]: record[name] for record in metrics if name in record}
-        assert history(client, run.info.run_id, mlflow_name(name)) == pytest.approx(expected, nan_ok=True), name
-    assert math.isnan(history(client, run.info.run_id, "loss")[NAN_AT[0]])  # non-finite values are logged
-    assert {"grad.norm", "grad.norm.0", "lr"} <= set(run.data.metrics)  # a metric and its per-module parts side by side
+        assert history(client, run.info.run_id, mlflow_name(f"edgewatch/{name}")) == pytest.approx(expected, nan_ok=True), name
+    assert math.isnan(history(client, run.info.run_id, "edgewatch.loss")[NAN_AT[0]])  # non-finite values are logged
+    assert {"edgewatch.grad.norm", "edgewatch.grad.norm.0", "edgewatch.lr"} <= set(run.data.metrics)  # a metric and its parts
 
     meta = json.loads((monitor.run_dir / "meta.json").read_text())
     params = run.data.params
-    assert params["model.class"] == "Sequential" and params["model.parameters"] == str(meta["model"]["parameters"])
-    assert params["optimizer.groups.0.lr"] == "0.1" and json.loads(params["detectors"]) == meta["detectors"]
+    assert params["edgewatch.model.class"] == "Sequential"
+    assert params["edgewatch.model.parameters"] == str(meta["model"]["parameters"])
+    assert params["edgewatch.optimizer.groups.0.lr"] == "0.1" and json.loads(params["edgewatch.detectors"]) == meta["detectors"]
 
     events = [{k: v for k, v in e.items() if k != "time"} for e in read_jsonl(monitor.run_dir / "events.jsonl")]
     assert [e["step"] for e in events] == list(NAN_AT)

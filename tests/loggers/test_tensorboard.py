@@ -27,8 +27,8 @@ def test_monitor_run_reads_back(tmp_path):
 
     metrics = list(read_jsonl(monitor.run_dir / "metrics.jsonl"))
     names = {name for record in metrics for name in record} - {"step", "time"}
-    assert set(accumulator.Tags()["scalars"]) == names
-    scalars = {name: {e.step: e.value for e in accumulator.Scalars(name)} for name in names}
+    assert set(accumulator.Tags()["scalars"]) == {f"edgewatch/{name}" for name in names}  # every name prefixed, as in W&B and MLflow
+    scalars = {name: {e.step: e.value for e in accumulator.Scalars(f"edgewatch/{name}")} for name in names}
     for record in metrics:
         for name in names & record.keys():
             assert same(scalars[name][record["step"]], record[name]), (name, record["step"])
@@ -40,7 +40,7 @@ def test_monitor_run_reads_back(tmp_path):
 
     events = list(read_jsonl(monitor.run_dir / "events.jsonl"))
     assert [e["kind"] for e in events] == ["nonfinite", "nonfinite"]
-    assert texts("events/nonfinite") == [(e["step"], f"**critical** {e['message']}  \nloss = nan") for e in events]
+    assert texts("edgewatch/events/nonfinite") == [(e["step"], f"**critical** {e['message']}  \nloss = nan") for e in events]
     [(step, meta)] = texts("edgewatch/meta")
     on_disk = json.loads((monitor.run_dir / "meta.json").read_text())
     assert on_disk.pop("ended") > 0  # written at close, after the TensorBoard text

@@ -69,13 +69,15 @@ def test_monitor_run_reads_back(tmp_path, wandb_dir):
 
     metrics = list(read_jsonl(monitor.run_dir / "metrics.jsonl"))
     names = {name for record in metrics for name in record} - {"step", "time"}
-    by_step = {row[STEP_METRIC]: row for row in wrote.rows if "loss" in row}
+    assert not any(name in row for row in wrote.rows for name in names)  # every name prefixed, in a run of its own too
+    by_step = {row[STEP_METRIC]: row for row in wrote.rows if "edgewatch/loss" in row}
     assert sorted(by_step) == list(range(1, STEPS + 1))
     for record in metrics:
         logged, row = record.keys() & names, by_step[record["step"]]
-        assert {name: row[name] for name in logged} == pytest.approx({name: record[name] for name in logged}, nan_ok=True)
-    assert math.isnan(by_step[NAN_AT[0]]["loss"])
-    assert {name: wrote.step_metrics[name] for name in names} == dict.fromkeys(names, STEP_METRIC)  # the x-axis of every metric
+        assert {name: row[f"edgewatch/{name}"] for name in logged} == pytest.approx({name: record[name] for name in logged}, nan_ok=True)
+    assert math.isnan(by_step[NAN_AT[0]]["edgewatch/loss"])
+    ours = [f"edgewatch/{name}" for name in names]
+    assert {name: wrote.step_metrics[name] for name in ours} == dict.fromkeys(ours, STEP_METRIC)  # the x-axis of every metric
 
     meta = json.loads((monitor.run_dir / "meta.json").read_text())
     assert meta.pop("ended") > 0  # written at close, after the W&B config
@@ -83,8 +85,8 @@ def test_monitor_run_reads_back(tmp_path, wandb_dir):
 
     events = list(read_jsonl(monitor.run_dir / "events.jsonl"))
     assert [e["step"] for e in events] == list(NAN_AT)
-    last = [row for row in wrote.rows if "events/path" in row][-1]
-    table = json.loads((wrote.files / last["events/path"]).read_text())
+    last = [row for row in wrote.rows if "edgewatch/events/path" in row][-1]
+    table = json.loads((wrote.files / last["edgewatch/events/path"]).read_text())
     assert table["columns"] == EVENT_COLUMNS
     assert table["data"] == [[e["step"], e["kind"], e["severity"], e["message"]] for e in events]
     assert wrote.alerts == [("edgewatch: nonfinite", "ERROR")]  # the second nonfinite came within 10 minutes

@@ -13,7 +13,7 @@ import cases
 import edgewatch as ew
 from edgewatch.optimizers import OptimizerAdapter, registry
 
-PRECONDITIONED = ("curvature/threshold", "curvature/precond_lambda_max", "curvature/stability_ratio")
+PRECONDITIONED = ("curvature/threshold", "curvature/precond/lambda_max", "curvature/stability_ratio")
 
 
 class PlainSGD(torch.optim.Optimizer):

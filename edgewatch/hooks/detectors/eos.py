@@ -17,14 +17,15 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from edgewatch import names
 from edgewatch.hooks.events import Detector, Event
 
 __all__ = ["EdgeOfStabilityDetector", "fitted_rate"]
 
-RATIO = "curvature/stability_ratio"
-SHARPNESS = "curvature/lambda_max"
+RATIO = names.STABILITY_RATIO
+SHARPNESS = names.LAMBDA_MAX
 # Present only when the preconditioner is not the identity (Adam, AdamW, RMSprop, ...).
-ADAPTIVE = "curvature/precond/converged"
+ADAPTIVE = names.PRECOND_CONVERGED
 
 
 def fitted_rate(points: list[tuple[int, float]]) -> float:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from edgewatch import names
 from edgewatch.hooks.events import Detector, Event
 
 __all__ = ["EntropyCollapseDetector", "GrowthDetector", "attention_entropy_collapse", "attention_logit_growth", "output_logit_divergence"]
@@ -102,7 +103,7 @@ def attention_logit_growth() -> GrowthDetector:
     Validated on benchmarks/detectors: a 1-layer causal byte transformer at Adam η = 3e-2 (found);
     silent on the same model at AdamW η = 1e-3 with warm-up.
     """
-    return GrowthDetector("attn/max_logit", "attention_logit_growth", level=100.0, floor=20.0)
+    return GrowthDetector(names.ATTN_MAX_LOGIT, "attention_logit_growth", level=100.0, floor=20.0)
 
 
 def output_logit_divergence() -> GrowthDetector:
@@ -117,8 +118,8 @@ def output_logit_divergence() -> GrowthDetector:
     classifier grew log Z 2.1× while its loss fell 10×); a drift leaves it where it was. Validated on benchmarks/detectors: found in a run whose output
     bias drifts by 0.5 per step; silent on the healthy classifiers.
     """
-    return GrowthDetector("logits/log_z_max", "output_logit_divergence", level=50.0, floor=10.0,
-                          loss="curvature/probe_loss")
+    return GrowthDetector(names.LOGITS_LOG_Z_MAX, "output_logit_divergence", level=50.0, floor=10.0,
+                          loss=names.PROBE_LOSS)
 
 
 class EntropyCollapseDetector(Detector):
@@ -135,7 +136,7 @@ class EntropyCollapseDetector(Detector):
 
     kinds = ("attention_entropy_collapse",)
 
-    def __init__(self, level: float = 0.1, fraction: float = 0.25, metric: str = "attn/entropy_mean") -> None:
+    def __init__(self, level: float = 0.1, fraction: float = 0.25, metric: str = names.ATTN_ENTROPY_MEAN) -> None:
         if level < 0 or not 0 <= fraction < 1:
             raise ValueError(f"need level >= 0 and 0 <= fraction < 1, got {level}, {fraction}")
         self.level, self.fraction, self.metric = level, fraction, metric

@@ -6,11 +6,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from edgewatch import names
 from edgewatch.hooks.events import Detector, Event
 
 __all__ = ["NonFiniteDetector"]
 
-NONFINITE_GRADIENTS = "grad/nonfinite_params"
+NONFINITE_GRADIENTS = names.GRAD_NONFINITE
 
 
 class NonFiniteDetector(Detector):

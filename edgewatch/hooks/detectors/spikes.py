@@ -24,12 +24,13 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from edgewatch import names
 from edgewatch.hooks.events import Detector, Event
 
-PROBE_LOSS = "curvature/probe_loss"
-SHARPNESS = "curvature/lambda_max"
-RATIO = "curvature/stability_ratio"
-ADAPTIVE = "curvature/precond/converged"  # only when the preconditioner is not the identity
+PROBE_LOSS = names.PROBE_LOSS
+SHARPNESS = names.LAMBDA_MAX
+RATIO = names.STABILITY_RATIO
+ADAPTIVE = names.PRECOND_CONVERGED  # only when the preconditioner is not the identity
 
 __all__ = ["CatapultDetector", "SpikeDetector"]
 
@@ -61,7 +62,7 @@ class SpikeDetector(Detector):
 
     def __init__(
         self,
-        metric: str = "loss",
+        metric: str = names.LOSS,
         kind: str = "loss_spike",
         *,
         window: int = 128,
@@ -193,7 +194,7 @@ class CatapultDetector(Detector):
         self._episode: dict[str, float] | None = None  # start, base, peak, lambda_before, ratio_max, train_level, asked
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
-        training = metrics.get("loss")
+        training = metrics.get(names.LOSS)
         if training is not None:
             if not math.isfinite(training):
                 self._diverged()

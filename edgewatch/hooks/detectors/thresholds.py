@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from edgewatch import names
 from edgewatch.hooks.events import Detector, Event
 
 __all__ = ["ThresholdDetector", "adam_epsilon_dominates"]
@@ -48,6 +49,6 @@ def adam_epsilon_dominates(level: float = 0.5) -> ThresholdDetector:
     0.5) of the coordinates (``adam/epsilon_fraction``; Everett et al. 2024). Validated on
     benchmarks/detectors: Adam with ε = 1 found at step 1; silent on the healthy Adam and AdamW runs."""
     return ThresholdDetector(
-        "adam/epsilon_fraction", "adam_epsilon_dominates", level,
+        names.ADAM_EPSILON_FRACTION, "adam_epsilon_dominates", level,
         what="ε dominates Adam's denominator there, which then steps like SGD with rate η/ε",
     )

@@ -22,7 +22,7 @@ warm-started from the refreshed vector, on the spot, if the caller allows it (th
 when its budget can pay for one). A fall with a small residual that may not escalate is
 reported as it is. An untrustworthy refresh that may not escalate is not reported at all: the
 point then carries ``curvature/streamed`` 1 and ``curvature/converged`` 0 with the residual, but
-no ``curvature/lambda_max`` (for the preconditioned operator: no ``curvature/precond_lambda_max``
+no ``curvature/lambda_max`` (for the preconditioned operator: no ``curvature/precond/lambda_max``
 and no stability ratio), so a value that may be far off never reaches a chart or a detector.
 ``curvature/streamed`` (and ``curvature/precond/streamed``) say which kind each λ₁ point is: 1.0
 streamed, 0.0 full. Streamed points report λ₁, its residual,
@@ -57,8 +57,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgewatch import names
 from edgewatch.curvature import EigenResult, HessianOperator, lanczos, refine
 from edgewatch.distributed import GroupSpec
+from edgewatch.hooks.probes.blocks import module_key
 from edgewatch.hooks.probes.grads import module_of
 from edgewatch.hooks.probes.logits import LogitRecorder
 from edgewatch.hooks.validation import check_count, check_curvature_settings, check_relative, check_trainable
@@ -79,6 +81,8 @@ class CurvatureProbe:
             (in (0, 1)).
         stream_drop: the relative fall from the last reported λ₁ beyond which a streamed point
             escalates (a catapult, or a crossing of eigenvalues, deserves a full look; in (0, 1)).
+        module_metrics: ``curvature/top_energy/<module>`` per block (``"blocks"``) or per leaf
+            module (``"leaf"``): see :mod:`~edgewatch.hooks.probes.blocks`.
         method, seed, train, process_group: see :class:`~edgewatch.curvature.HessianOperator`.
 
     Raises:
@@ -99,6 +103,7 @@ class CurvatureProbe:
         stream_hvps: int = 4,
         stream_tol: float = 0.05,
         stream_drop: float = 0.3,
+        module_metrics: str = "blocks",
         method: str = "auto",
         seed: int = 0,
         train: bool | None = True,
@@ -124,6 +129,7 @@ class CurvatureProbe:
         self._last: dict[str, float] = {}  # the last reported λ₁ of each operator, for the drop test
         self._warned_unadapted = False
         self._slices = self.hessian.parameter_slices()
+        self._module_key = module_key(self.hessian.model, module_metrics)
         self.logits = LogitRecorder(self.hessian.model)
 
     def measure(self, streamed: bool = False, escalate: bool = True) -> dict[str, Tensor | float]:
@@ -135,20 +141,20 @@ class CurvatureProbe:
             with self.logits.recording():  # the probe's forward passes also show its logits
                 loss, gradient = self.hessian.loss_and_gradient()
             metrics.update(self.logits.metrics(self.hessian.process_group))
-            metrics["curvature/probe_loss"] = loss
-            top, was_streamed = self._top("curvature", self.hessian, self.k, self.vectors, streamed, escalate)
+            metrics[names.PROBE_LOSS] = loss
+            top, was_streamed = self._top(names.CURVATURE, self.hessian, self.k, self.vectors, streamed, escalate)
             if was_streamed:
                 self.vectors = torch.cat([top.eigenvectors, self.vectors[:, 1:]], dim=1)
             else:
                 self.vectors = top.eigenvectors if top.converged else None
             trusted = top.converged or not was_streamed  # an unconverged full solve still reports its best
-            metrics.update(_eigen_metrics("curvature", top, value=trusted))
-            metrics["curvature/streamed"] = float(was_streamed)
+            metrics.update(_eigen_metrics(names.CURVATURE, top, value=trusted))
+            metrics[names.STREAMED] = float(was_streamed)
             squared = gradient.dot(gradient)
-            metrics["grad/probe_norm"] = squared.sqrt()
+            metrics[names.GRAD_PROBE_NORM] = squared.sqrt()
             if not was_streamed:
                 for i, value in enumerate(top.eigenvalues.tolist()[1:], start=2):
-                    metrics[f"curvature/lambda_{i}"] = value
+                    metrics[names.family(names.LAMBDA_I, i=i)] = value
                 metrics.update(self._gradient_metrics(gradient, squared, top.eigenvectors))
                 metrics.update(self._energy_share(top.eigenvectors[:, 0]))
             metrics.update(self._preconditioned(top if trusted else None, streamed, escalate))
@@ -188,14 +194,15 @@ class CurvatureProbe:
         tiny = torch.finfo(squared.dtype).tiny
         directional = gradient.dot(self.hessian(gradient)) / squared.clamp_min(tiny)
         overlap = (vectors.T @ gradient).pow(2).sum() / squared.clamp_min(tiny)
-        return {"curvature/directional_sharpness": directional, "curvature/gradient_overlap": overlap}
+        return {names.DIRECTIONAL_SHARPNESS: directional, names.GRADIENT_OVERLAP: overlap}
 
     def _energy_share(self, vector: Tensor) -> dict[str, Tensor]:
-        """Which modules carry the sharpest direction: Σ v_i² over each module's coordinates."""
+        """Which blocks (or leaf modules) carry the sharpest direction: Σ v_i² over their coordinates."""
         shares: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=vector.dtype, device=vector.device))
         for name, where in self._slices.items():
-            shares[module_of(name)] = shares[module_of(name)] + vector[where].pow(2).sum()
-        return {f"curvature/top_energy/{module or 'root'}": share for module, share in shares.items()}
+            key = self._module_key(module_of(name))
+            shares[key] = shares[key] + vector[where].pow(2).sum()
+        return {names.family(names.TOP_ENERGY, module=module): share for module, share in shares.items()}
 
     def _preconditioned(self, top: EigenResult | None, streamed: bool, escalate: bool) -> dict[str, Tensor | float]:
         """The preconditioned sharpness against its threshold; ``top``: H's result, None when not
@@ -208,25 +215,25 @@ class CurvatureProbe:
             self._warn_unadapted(error)
             return {}
         # The threshold is c/η for the reference η (the first group that moves), stated beside it.
-        metrics: dict[str, Tensor | float] = {"curvature/threshold": info.threshold, "curvature/reference_lr": info.lr}
+        metrics: dict[str, Tensor | float] = {names.THRESHOLD: info.threshold, names.REFERENCE_LR: info.lr}
         if operator.shift is None and bool((operator.scale == 1).all()):
             if top is None:
                 return metrics
             sharpness = top.eigenvalues[0].item()  # S = I: the same operator
         else:
-            result, was_streamed = self._top("curvature/precond", operator, 1, self.preconditioned_vectors, streamed,
+            result, was_streamed = self._top(names.PRECOND, operator, 1, self.preconditioned_vectors, streamed,
                                              escalate, fallback=None if self.vectors is None else self.vectors[:, :1])
             if was_streamed or result.converged:
                 self.preconditioned_vectors = result.eigenvectors
             else:
                 self.preconditioned_vectors = None
             sharpness = result.eigenvalues[0].item()
-            metrics.update(_eigen_metrics("curvature/precond", result, value=False))
-            metrics["curvature/precond/streamed"] = float(was_streamed)
+            metrics.update(_eigen_metrics(names.PRECOND, result, value=False))
+            metrics[names.PRECOND_STREAMED] = float(was_streamed)
             if was_streamed and not result.converged:
                 return metrics
-        metrics["curvature/precond_lambda_max"] = sharpness
-        metrics["curvature/stability_ratio"] = info.ratio(sharpness)
+        metrics[names.PRECOND_LAMBDA_MAX] = sharpness
+        metrics[names.STABILITY_RATIO] = info.ratio(sharpness)
         return metrics
 
     def _warn_unadapted(self, error: UnsupportedOptimizerError) -> None:

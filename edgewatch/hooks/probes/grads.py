@@ -44,6 +44,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from edgewatch import names
+from edgewatch.hooks.probes.blocks import module_key
+
 __all__ = ["GradientRecorder", "HostReduction", "adam_epsilon_fraction", "module_of", "parameter_and_update_norms"]
 
 
@@ -75,13 +78,18 @@ class GradientRecorder:
     fails is left out, with one warning per kind of failure, and never reaches the backward pass.
     """
 
-    def __init__(self, model: nn.Module, params: list[Tensor] | None = None) -> None:
-        """Watch ``params`` (default: every trainable parameter of ``model``), named as in the model."""
+    def __init__(self, model: nn.Module, params: list[Tensor] | None = None, module_metrics: str = "blocks",
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        """Watch ``params`` (default: every trainable parameter of ``model``), named as in the model;
+        ``grad/norm/<module>`` per block or per leaf module, as ``module_metrics`` says
+        (:mod:`~edgewatch.hooks.probes.blocks`); ``clock`` times the measurements (the budget's)."""
+        self._clock = clock
         watched = {id(p) for p in params} if params is not None else None
         named = [(name, p) for name, p in model.named_parameters()
                  if p.requires_grad and (watched is None or id(p) in watched)]
         self.armed = True
-        modules = [module_of(name) for name, _ in named]
+        key = module_key(model, module_metrics)
+        modules = [key(module_of(name)) for name, _ in named]
         self._module_names = list(dict.fromkeys(modules))
         self._module_of = [self._module_names.index(module) for module in modules]
         self._fresh: dict[int, Tensor] = {}  # parameter index -> parameter, in this backward pass
@@ -117,12 +125,12 @@ class GradientRecorder:
             self._warn_once("could not be scheduled for the end of a backward pass", error)
 
     def _measure(self) -> None:
-        started = time.perf_counter()
+        started = self._clock()
         try:
             self._read_norms()
         finally:
             # inside the user's backward(), yet the Monitor's own time: the budget counts it so
-            self.seconds += time.perf_counter() - started
+            self.seconds += self._clock() - started
 
     def _read_norms(self) -> None:
         fresh, self._fresh, self._queued_in = self._fresh, {}, None
@@ -169,9 +177,10 @@ class GradientRecorder:
             squares = [0.0] * len(self._module_names)
             for module, norm in zip(modules, norms):
                 squares[module] += (norm / scale) ** 2
-            metrics = {"grad/norm": math.sqrt(sum(squares)),
-                       "grad/nonfinite_params": float(sum(not math.isfinite(norm) for norm in norms))}
-            metrics.update({f"grad/norm/{self._module_names[m] or 'root'}": math.sqrt(squares[m]) for m in sorted(set(modules))})
+            metrics = {names.GRAD_NORM: math.sqrt(sum(squares)),
+                       names.GRAD_NONFINITE: float(sum(not math.isfinite(norm) for norm in norms))}
+            metrics.update({names.family(names.GRAD_NORM_MODULE, module=self._module_names[m]): math.sqrt(squares[m])
+                            for m in sorted(set(modules))})
             return metrics
 
         return HostReduction(values, finish)
@@ -257,11 +266,11 @@ def parameter_and_update_norms(params: list[Tensor], previous: list[Tensor] | No
 
     def finish(values: Sequence[float]) -> dict[str, float]:
         param_norm = math.sqrt(sum(v * v for v in values[:count]))
-        metrics = {"param/norm": param_norm}
+        metrics = {names.PARAM_NORM: param_norm}
         if previous is not None:
             update = math.sqrt(sum(v * v for v in values[count:]))
-            metrics["update/norm"] = update
-            metrics["update/ratio"] = update / param_norm if param_norm > 0 else (0.0 if update == 0 else math.inf)
+            metrics[names.UPDATE_NORM] = update
+            metrics[names.UPDATE_RATIO] = update / param_norm if param_norm > 0 else (0.0 if update == 0 else math.inf)
         return metrics
 
     return HostReduction(torch.stack(norms), finish)

@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgewatch import names
 from edgewatch.distributed import gather
 from edgewatch.hooks.probes import hf_attention
+from edgewatch.hooks.probes.blocks import ROOT
 
 __all__ = ["LogitRecorder", "output_logit_metrics"]
 
@@ -46,11 +48,11 @@ def output_logit_metrics(logits: Tensor) -> dict[str, Tensor]:
     z = logits.detach().float()
     log_z = torch.logsumexp(z, dim=-1)
     return {
-        "logits/max": z.abs().max(),
-        "logits/rms": z.pow(2).mean().sqrt(),
-        "logits/log_z_mean": log_z.mean(),
-        "logits/log_z_max": log_z.max(),
-        "logits/z_loss": Z_LOSS_WEIGHT * log_z.pow(2).mean(),
+        names.LOGITS_MAX: z.abs().max(),
+        names.LOGITS_RMS: z.pow(2).mean().sqrt(),
+        names.LOGITS_LOG_Z_MEAN: log_z.mean(),
+        names.LOGITS_LOG_Z_MAX: log_z.max(),
+        names.LOGITS_Z_LOSS: Z_LOSS_WEIGHT * log_z.pow(2).mean(),
     }
 
 
@@ -58,8 +60,11 @@ class LogitRecorder:
     """Records output and attention logits during the forward passes of one probe.
 
     Use :meth:`recording` around the forward passes (one per probe batch); :meth:`metrics` then
-    gives 0-dim tensors: maxima over batches, means averaged over batches. Attention calls are
-    numbered in the order a forward pass makes them (``attn/max_logit/<i>``). Under a process
+    gives 0-dim tensors: maxima over batches, means averaged over batches. An attention call is
+    named by the module that made it, the innermost of the model's modules running at the call
+    (``attn/max_logit/blocks.0.attn``; ``root`` for the model's own forward), a module's second
+    call in one forward pass ``<module>-2``, and so on; a call made while none of the model's
+    modules runs (another model, run meanwhile) is not the model's and is left out. Under a process
     group the batches of every rank count (maxima: MAX over ranks, minima: MIN, means over all
     batches), with one all-gather.
     """
@@ -67,8 +72,9 @@ class LogitRecorder:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._outputs: list[dict[str, Tensor]] = []
-        self._attention: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}  # call index -> per batch
-        self._call = 0
+        self._attention: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}  # calling module -> per batch
+        self._running: list[str] = []  # the model's modules whose forward is running, innermost last
+        self._calls: dict[str, int] = {}  # module -> attention calls it made in this forward pass
         self._inside_mha = 0
         self._seen = 0  # attention calls recorded so far, to tell which modules were not seen
         self._entered: list[int] = []  # ``_seen`` when each running transformers attention module began
@@ -83,6 +89,10 @@ class LogitRecorder:
             self.model.register_forward_pre_hook(self._new_forward),
             self.model.register_forward_hook(self._record_output),
         ]
+        # Before the attention hooks below, so that a MultiheadAttention is running when it is read.
+        for path, module in self.model.named_modules():
+            handles.append(module.register_forward_pre_hook(self._enter(path or ROOT)))
+            handles.append(module.register_forward_hook(self._leave, always_call=True))
         for module in self.model.modules():
             if isinstance(module, nn.MultiheadAttention):
                 handles.append(module.register_forward_pre_hook(self._record_mha, with_kwargs=True))
@@ -100,6 +110,7 @@ class LogitRecorder:
             for handle in handles:
                 handle.remove()
             self._inside_mha = 0
+            self._running = []
         self._warn_unseen()
 
     def metrics(self, process_group: Any = None) -> dict[str, Tensor]:
@@ -110,28 +121,40 @@ class LogitRecorder:
             for name in self._outputs[0]:
                 how = "max" if name.endswith("max") else "mean"
                 per_batch.append((name, how, torch.stack([batch[name] for batch in self._outputs])))
-        for index, calls in sorted(self._attention.items()):
+        for module, calls in self._attention.items():  # in call order: alike on every rank
             per_batch += [
-                (f"attn/max_logit/{index}", "max", torch.stack([c[0] for c in calls])),
-                (f"entropy_mean/{index}", "mean", torch.stack([c[1] for c in calls])),
-                (f"entropy_min/{index}", "min", torch.stack([c[2] for c in calls])),
+                (names.family(names.ATTN_MAX_LOGIT_MODULE, module=module), "max", torch.stack([c[0] for c in calls])),
+                (f"entropy_mean/{module}", "mean", torch.stack([c[1] for c in calls])),
+                (f"entropy_min/{module}", "min", torch.stack([c[2] for c in calls])),
             ]
         if not per_batch:
             return {}
         values = _over_batches(per_batch, process_group)
         metrics = {name: values[name] for name in (self._outputs[0] if self._outputs else ())}
         if self._attention:
-            calls = sorted(self._attention)
-            for index in calls:
-                metrics[f"attn/max_logit/{index}"] = values[f"attn/max_logit/{index}"]
-            metrics["attn/max_logit"] = torch.stack([values[f"attn/max_logit/{i}"] for i in calls]).max()
-            metrics["attn/entropy_mean"] = torch.stack([values[f"entropy_mean/{i}"] for i in calls]).mean()
-            metrics["attn/entropy_min"] = torch.stack([values[f"entropy_min/{i}"] for i in calls]).min()
+            calls = list(self._attention)
+            for module in calls:
+                name = names.family(names.ATTN_MAX_LOGIT_MODULE, module=module)
+                metrics[name] = values[name]
+            largest = [values[names.family(names.ATTN_MAX_LOGIT_MODULE, module=module)] for module in calls]
+            metrics[names.ATTN_MAX_LOGIT] = torch.stack(largest).max()
+            metrics[names.ATTN_ENTROPY_MEAN] = torch.stack([values[f"entropy_mean/{i}"] for i in calls]).mean()
+            metrics[names.ATTN_ENTROPY_MIN] = torch.stack([values[f"entropy_min/{i}"] for i in calls]).min()
         return metrics
 
     # -- what is recorded ---------------------------------------------------------------------
     def _new_forward(self, module: nn.Module, args: Any) -> None:
-        self._call = 0
+        self._running, self._calls = [], {}  # (a forward that raised left its modules behind)
+
+    def _enter(self, path: str):
+        def entered(module: nn.Module, args: Any) -> None:
+            self._running.append(path)
+
+        return entered
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._running:
+            self._running.pop()
 
     def _record_output(self, module: nn.Module, args: Any, output: Any) -> None:
         logits = _find_logits(output)
@@ -217,6 +240,11 @@ class LogitRecorder:
         self._record_scores(q, k, mask, bool(kwargs.get("is_causal", False)) and mask is None, None)
 
     def _record_scores(self, query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None) -> None:
+        if not self._running:
+            return  # no module of the model is running: another model's attention
+        module = self._running[-1]
+        count = self._calls[module] = self._calls.get(module, 0) + 1
+        caller = module if count == 1 else f"{module}-{count}"
         with torch.no_grad():
             q, k = query.detach().float(), key.detach().float()
             if q.shape[-3] != k.shape[-3] and k.ndim >= 3:  # grouped-query attention: repeat k heads
@@ -239,8 +267,7 @@ class LogitRecorder:
             log_p = torch.log_softmax(logits, dim=-1)
             entropy = -(log_p.exp() * log_p.masked_fill(~allowed, 0.0)).sum(-1)  # (…, T)
             rows = allowed.sum(-1) >= 2  # a query with one key to look at has entropy 0 by force
-            self._attention.setdefault(self._call, []).append((largest, entropy[rows].mean(), entropy[rows].min()))
-            self._call += 1
+            self._attention.setdefault(caller, []).append((largest, entropy[rows].mean(), entropy[rows].min()))
             self._seen += 1
 
 
