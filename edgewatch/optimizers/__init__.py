@@ -10,6 +10,7 @@ from edgewatch.optimizers._base import (
 # built-in adapters
 from edgewatch.optimizers.adagrad import AdagradAdapter
 from edgewatch.optimizers.adam import AdamAdapter, AdamWAdapter
+from edgewatch.optimizers.adam_atan2 import AdamAtan2, AdamAtan2Adapter
 from edgewatch.optimizers.rmsprop import RMSpropAdapter
 from edgewatch.optimizers.sgd import SGDAdapter
 
@@ -27,9 +28,12 @@ __all__ = [
     # built-in adapters
     "AdagradAdapter",
     "AdamAdapter",
+    "AdamAtan2Adapter",
     "AdamWAdapter",
     "RMSpropAdapter",
     "SGDAdapter",
+    # optimizers edgewatch ships (torch.optim has no equivalent)
+    "AdamAtan2",
     # registry
     "adapter_for",
     "register_adapter",

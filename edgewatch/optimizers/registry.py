@@ -11,6 +11,7 @@ import torch
 from edgewatch.optimizers._base import OptimizerAdapter, UnsupportedOptimizerError
 from edgewatch.optimizers.adagrad import AdagradAdapter
 from edgewatch.optimizers.adam import AdamAdapter, AdamWAdapter
+from edgewatch.optimizers.adam_atan2 import AdamAtan2, AdamAtan2Adapter
 from edgewatch.optimizers.rmsprop import RMSpropAdapter
 from edgewatch.optimizers.sgd import SGDAdapter
 
@@ -21,6 +22,7 @@ _ADAPTERS: dict[type, OptimizerAdapter] = {
     torch.optim.Adam: AdamAdapter(),
     # AdamW by class as well as by flag: torch < 2.7 writes no decoupled_weight_decay entry.
     torch.optim.AdamW: AdamWAdapter(),
+    AdamAtan2: AdamAtan2Adapter(),
     torch.optim.RMSprop: RMSpropAdapter(),
     torch.optim.Adagrad: AdagradAdapter(),
 }

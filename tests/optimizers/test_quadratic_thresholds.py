@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgewatch.curvature import HessianOperator, lanczos
-from edgewatch.optimizers import OptimizerAdapter, preconditioned_operator, register_adapter
+from edgewatch.optimizers import AdamAtan2, OptimizerAdapter, preconditioned_operator, register_adapter
 
 FROZEN = 1 - 1e-10  # β2 / α: the second moment moves by 1e-10 of itself per step
 SPECTRUM = torch.tensor([10.0, 6.0, 3.0, 1.0, 0.5, 0.2], dtype=torch.float64)
@@ -142,6 +142,9 @@ ROWS = [
     Row("adam_decoupled_flag", lambda m: torch.optim.Adam(m.parameters(), lr=0.1, betas=(0.9, FROZEN), weight_decay=0.05, decoupled_weight_decay=True)),
     Row("amsgrad", lambda m: torch.optim.Adam(m.parameters(), lr=0.1, betas=(0.9, FROZEN), amsgrad=True)),
     Row("adam_foreach", lambda m: torch.optim.Adam(m.parameters(), lr=0.1, betas=(0.9, FROZEN), foreach=True)),
+    # θ ≤ 1e-5 (θ₀ ~ 1e-9, at most 10⁴-fold) against √v̂ ≥ 0.5: atan2 stays linear, so Adam's rule holds.
+    Row("adam_atan2", lambda m: AdamAtan2(m.parameters(), lr=0.1, betas=(0.9, FROZEN))),
+    Row("adam_atan2+wd", lambda m: AdamAtan2(m.parameters(), lr=0.1, betas=(0.9, FROZEN), weight_decay=0.05)),
     Row("rmsprop", lambda m: torch.optim.RMSprop(m.parameters(), lr=0.1, alpha=FROZEN)),
     Row("rmsprop_centered", lambda m: torch.optim.RMSprop(m.parameters(), lr=0.1, alpha=FROZEN, centered=True)),
     Row("rmsprop_momentum", lambda m: torch.optim.RMSprop(m.parameters(), lr=0.1, alpha=FROZEN, momentum=0.9)),
