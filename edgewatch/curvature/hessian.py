@@ -1,18 +1,24 @@
 r"""The Hessian of the probe loss as a linear operator, :math:`v \mapsto Hv`.
 
 :math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (:class:`~edgewatch.curvature._base.CurvatureOperator`), applied by one of
-the two methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
+the methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
 and loss and keeps the faster one that agrees with double backward; under ``torch.distributed``
 every rank keeps the same one (the slowest rank's timings decide). On the CPU with the gradient
 graph reused it takes double backward without measuring: there a product reusing the graph is
 one backward pass, and forward-over-reverse (a forward and a backward pass with dual numbers)
 was 1.5-2.9x slower on every model ``benchmarks/perf/costs.py`` tried, while the measurement
 itself costs about 12 products, as much as a whole solve on a small model.
+
+``method="finite_difference"`` takes central differences of ordinary gradients, for models whose
+backward has no double backward (``"auto"`` turns to it only when its first product fails so). Its first product also measures its
+own error (:attr:`HessianOperator.fd_error`), which :func:`~edgewatch.curvature.noise.hvp_noise`
+adds to the noise floor of every residual.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -21,12 +27,20 @@ import torch
 from torch import Tensor, nn
 
 from edgewatch.curvature._base import Batch, CurvatureOperator, LossFn, ParamSpec
-from edgewatch.curvature.hvp import GradientGraph, hvp_double_backward, hvp_forward_over_reverse
+from edgewatch.curvature.hvp import (
+    GradientFn,
+    GradientGraph,
+    finite_difference_step,
+    hvp_double_backward,
+    hvp_finite_difference,
+    hvp_forward_over_reverse,
+    require_graph,
+)
 from edgewatch.distributed import GroupSpec, max_over_ranks
 
 __all__ = ["HVP_METHODS", "HessianOperator"]
 
-HVP_METHODS = ("double_backward", "forward_over_reverse")
+HVP_METHODS = ("double_backward", "forward_over_reverse", "finite_difference")
 
 # (model, loss, settings) -> the method "auto" chose, so new operators on the same model (one per
 # probe, say) do not time again.
@@ -42,6 +56,10 @@ _AUTO_MARGIN = 0.15
 _AUTO_REPEATS = 3
 # Whether "auto" measures on the CPU with the graph reused (a test switch: it never pays there).
 _AUTO_TIMES_CPU = False
+# What autograd says when a model's backward cannot itself be differentiated (a kernel without a
+# double-backward formula). A custom Function marked once_differentiable says nothing in torch 2.13:
+# its double-backward products are silently wrong (58% on a digits MLP), so nothing falls back.
+_NO_DOUBLE_BACKWARD = re.compile(r"double backward|differentiate twice|derivative for .* is not implemented")
 
 
 class HessianOperator(CurvatureOperator):
@@ -66,9 +84,24 @@ class HessianOperator(CurvatureOperator):
             one that matches double backward, and remember the choice (on the CPU with
             ``reuse_graph``: double backward, unmeasured). Under a process group
             every rank times (at its first product, never from a remembered choice) and the
-            slowest rank's timings decide, so that all ranks use the same method.
+            slowest rank's timings decide, so that all ranks use the same method. When the
+            first product fails for want of a double backward, ``"auto"`` warns once and uses
+            finite differences (remembered like a measured choice).
+            ``"finite_difference"``: :math:`(\nabla L(θ + εv) - \nabla L(θ - εv)) / 2ε` with
+            :math:`ε = \mathrm{eps}^{1/3}(1 + \|θ\|/\sqrt{n})/\|v\|`
+            (:func:`~edgewatch.curvature.hvp.finite_difference_step`), two gradients per product
+            through the model's ordinary backward, one probe batch at a time. The parameters are
+            shifted in place and restored bit for bit from a copy (also when the loss raises);
+            ``.grad`` is never written. Not exact: see :attr:`fd_error`.
         reuse_graph: keep the gradient graph between the products of one solve (double backward
             only). Costs the memory of one forward and backward pass over the whole probe set.
+
+    Attributes:
+        fd_error: with ``method="finite_difference"``, the relative error of the products,
+            estimated at the first product as :math:`\|D_{2ε}(u) - D_ε(u)\| / \|D_ε(u)\|`
+            (Richardson: three times the truncation error of :math:`D_ε`, plus about its
+            rounding), the larger over u = v and u = Hv/‖Hv‖; that product costs eight gradients
+            instead of two. ``None`` before it (and for the exact methods).
 
     Example:
         >>> model = nn.Linear(3, 1, bias=False)
@@ -109,6 +142,8 @@ class HessianOperator(CurvatureOperator):
         self._method = remembered if method == "auto" else method
         self._graph: GradientGraph | None = None
         self._graph_key: tuple | None = None
+        self.fd_error: float | None = None
+        self._may_fall_back = method == "auto"
 
     @property
     def method(self) -> str | None:
@@ -121,6 +156,30 @@ class HessianOperator(CurvatureOperator):
         self._graph_key = None
 
     def _matvec(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if not self._may_fall_back:
+            return self._product(v)
+        self._may_fall_back = False  # only "auto"'s first product: later failures are the model's
+        try:
+            return self._product(v)
+        except RuntimeError as error:
+            if not _NO_DOUBLE_BACKWARD.search(str(error)):
+                raise
+            self._fall_back(error)
+        return self._product(v)
+
+    def _fall_back(self, error: RuntimeError) -> None:
+        """Switch "auto" to finite differences, which need gradients only, and say so once."""
+        self.release()
+        self._method = "finite_difference"
+        if self.process_group is None:
+            _AUTO_CHOICES[self._signature()] = self._method
+        warnings.warn(
+            f"double backward is unavailable for {type(self.model).__name__} ({error}); "
+            "method='auto' uses finite-difference HVPs, whose estimated error is op.fd_error",
+            stacklevel=5,
+        )
+
+    def _product(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self._method is None:
             self._choose_method()
         if self._method == "double_backward" and self.reuse_graph:
@@ -129,6 +188,8 @@ class HessianOperator(CurvatureOperator):
             finally:
                 if not self._sessions:  # a lone product: hold nothing afterwards, even on error
                     self.release()
+        if self._method == "finite_difference":
+            return self._finite_difference(v)
         hvp = hvp_double_backward if self._method == "double_backward" else hvp_forward_over_reverse
         with self._probing():
             params, frozen = self._current_parameters(), self._frozen_tensors()
@@ -137,6 +198,73 @@ class HessianOperator(CurvatureOperator):
                 hv = hvp(lambda p, i=index: self._batch_loss(i, p, frozen), params, v)
                 for accumulated, h in zip(total, hv):
                     accumulated.add_(h, alpha=weight)
+        return total
+
+    def _finite_difference(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The central-difference product; the first one also measures :attr:`fd_error`."""
+        with self._probing():
+            params = self._perturbable_parameters()
+            step = finite_difference_step(params, v)
+            gradient = lambda: self._probe_gradient(params)  # noqa: E731
+            product = hvp_finite_difference(gradient, params, v, step)
+            if self.fd_error is None and step > 0:
+                self.fd_error = self._finite_difference_error(gradient, params, v, product)
+        return product
+
+    def _finite_difference_error(
+        self, gradient: GradientFn, params: tuple[Tensor, ...], v: tuple[Tensor, ...], product: tuple[Tensor, ...]
+    ) -> float:
+        r"""The larger of :math:`\|D_{2ε}(u) - D_ε(u)\| / \|D_ε(u)\|` for u = v and u = Hv/‖Hv‖.
+
+        By Richardson, :math:`D_{2ε} - D_ε ≈ 3\,c\,ε^2` (the truncation error of :math:`D_ε` is
+        :math:`c\,ε^2`) plus the rounding of both, so the ratio overestimates the error of
+        :math:`D_ε(u)`. The truncation error depends on the direction (third derivatives are
+        largest along the sharp directions: on a digits MLP in float32, with a step 4x the one
+        used now, it was 11-17x larger at the top eigenvector than at a random v), hence the second
+        vector, one power step from v towards the top eigenvectors the solvers look for. Three
+        more products (six gradients), once.
+        """
+        coarse = hvp_finite_difference(gradient, params, v, 2 * finite_difference_step(params, v))
+        estimates = [_relative_difference(coarse, product)]
+        size = math.sqrt(sum(float(h.pow(2).sum()) for h in product))
+        if size > 0 and math.isfinite(size):
+            u = tuple(h / size for h in product)
+            step = finite_difference_step(params, u)
+            fine = hvp_finite_difference(gradient, params, u, step)
+            estimates.append(_relative_difference(hvp_finite_difference(gradient, params, u, 2 * step), fine))
+        return max(estimates)
+
+    def _perturbable_parameters(self) -> tuple[Tensor, ...]:
+        """θ as tensors the finite differences may shift in place: the parameters' own storage
+        when the dtypes agree, else private copies in the operator's dtype.
+
+        The storage is reached through ``.data``, whose version counter is its own: the shift is
+        undone bit for bit before anyone else runs, and bumping the parameters' versions would make
+        a graph the caller built over them (a forward pass awaiting its backward) refuse to run.
+        """
+        named = dict(self.model.named_parameters())
+        return tuple(
+            named[n].data if named[n].dtype == self._dtype else named[n].detach().to(self._dtype)
+            for n in self.param_names
+        )
+
+    def _probe_gradient(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        r""":math:`\nabla L(θ) = \sum_b w_b \nabla \ell(θ; B_b)` at the current contents of ``params``,
+        one batch at a time, into new tensors (``.grad`` untouched); call inside :meth:`_probing`.
+
+        Buffers are copied anew for every gradient, so that a forward pass writing one cannot
+        make the two gradients of a difference see different models.
+        """
+        frozen = self._frozen_tensors()
+        total = tuple(torch.zeros_like(p) for p in params)
+        for index, weight in enumerate(self.weights):
+            leaves = tuple(p.detach().requires_grad_() for p in params)
+            loss = self._batch_loss(index, leaves, frozen)
+            require_graph(loss)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            for accumulated, g in zip(total, grads):
+                if g is not None:
+                    accumulated.add_(g, alpha=weight)
         return total
 
     def _gradient_graph(self) -> GradientGraph:

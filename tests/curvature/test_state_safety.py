@@ -20,6 +20,7 @@ METHODS = [
     pytest.param({"method": "double_backward", "reuse_graph": True}, id="double_backward-reuse"),
     pytest.param({"method": "double_backward", "reuse_graph": False}, id="double_backward"),
     pytest.param({"method": "forward_over_reverse"}, id="forward_over_reverse"),
+    pytest.param({"method": "finite_difference"}, id="finite_difference"),
 ]
 
 
