@@ -81,17 +81,24 @@ class AdamAdapter(OptimizerAdapter):
     def coupled_weight_decay(self, group: dict[str, Any]) -> float:
         return 0.0 if self.decoupled(group) else float(group["weight_decay"])
 
-    def preconditioner(self, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
+    #: The optimizer's name in the error before its first step.
+    optimizer_name = "Adam"
+
+    def moments(self, group: dict[str, Any], state: dict[str, Any]) -> tuple[float, float, Tensor]:
+        """The bias corrections 1 − β₁^t and 1 − β₂^t of the last step t, and the second moment v_t
+        the step divided by (``max_exp_avg_sq`` under AMSGrad)."""
         if "step" not in state:
             raise OptimizerStateError(
-                "Adam has taken no step yet, so it has no second-moment estimate to precondition "
+                f"{self.optimizer_name} has taken no step yet, so it has no second-moment estimate to precondition "
                 "with; measure after the first optimizer.step()"
             )
         beta1, beta2 = group["betas"]
         step = float(state["step"])
         second_moment = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
+        return 1 - beta1**step, 1 - beta2**step, second_moment
+
+    def preconditioner(self, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
+        bias_correction1, bias_correction2, second_moment = self.moments(group, state)
         # The same arithmetic as torch.optim.adam: sqrt(v)/sqrt(1 - β2^t) + ε.
         denominator = second_moment.sqrt() / (bias_correction2**0.5) + group["eps"]
         return torch.reciprocal(bias_correction1 * denominator)

@@ -58,7 +58,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edgewatch.optimizers._base import OptimizerStateError
 from edgewatch.optimizers.adam import AdamAdapter
 
 __all__ = ["AdamAtan2", "AdamAtan2Adapter"]
@@ -146,17 +145,12 @@ class AdamAtan2Adapter(AdamAdapter):
     # AdamAtan2 groups have no decoupled_weight_decay entry: its decay is always AdamW's.
     decoupled_by_default = True
 
+    optimizer_name = "AdamAtan2"
+
     def preconditioner(self, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
-        if "step" not in state:
-            raise OptimizerStateError(
-                "AdamAtan2 has taken no step yet, so it has no second-moment estimate to precondition "
-                "with; measure after the first optimizer.step()"
-            )
-        beta1, beta2 = group["betas"]
-        step = float(state["step"])
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        denominator = state["exp_avg_sq"].sqrt() / math.sqrt(bias_correction2) * group["b"]
+        bias_correction1, bias_correction2, second_moment = self.moments(group, state)
+        # √v̂ as this optimizer's step computes it (math.sqrt, not ** 0.5: they differ in the last bit).
+        denominator = second_moment.sqrt() / math.sqrt(bias_correction2) * group["b"]
         scale = group["a"] / (bias_correction1 * denominator)
         # v̂ = 0: never a gradient there; D = 0 instead of ∞ (module docstring).
         return torch.where(denominator > 0, scale, torch.zeros_like(scale))
