@@ -238,10 +238,13 @@ class CatapultDetector(Detector):
             # Opening: the last probe said unstable and the training loss rose past the level; a
             # probe now shows whether the fixed batch's loss rose too (rate-limited, so a run
             # sitting at the edge with noisy minibatches asks at most every ``cooldown`` steps).
-            base = min((value for _, value in self._trained), default=math.inf)
             unstable = last is not None and last[3] is not None and last[3] >= 1
-            if unstable and loss >= self.rise * base and step - self._asked_at >= self.cooldown:
-                self._ask(step)
+            # The lowest running median of the window, only when it can matter (a healthy run never
+            # pays for the scan).
+            if unstable and step - self._asked_at >= self.cooldown:
+                base = min((value for _, value in self._trained), default=math.inf)
+                if loss >= self.rise * base:
+                    self._ask(step)
         elif not episode.get("asked") and episode["ratio_max"] >= 1 and loss < episode["train_level"]:
             episode["asked"] = 1.0  # closing: back down, so a probe now shows whether λ_1 fell
             self._ask(step)
