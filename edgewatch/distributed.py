@@ -31,18 +31,16 @@ References:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 __all__ = [
-    "SHARDED_UNSUPPORTED",
     "DistributedProbeError",
     "GroupSpec",
     "gather",
@@ -50,7 +48,6 @@ __all__ = [
     "max_over_ranks",
     "mean_over_ranks",
     "probe_group",
-    "reject_sharded",
     "weighted_mean",
     "world_size",
 ]
@@ -58,15 +55,6 @@ __all__ = [
 #: ``None``: the default process group when one is initialized (and has more than one rank);
 #: ``False``: never communicate (each rank measures its own shard alone); or a process group.
 GroupSpec = Union[None, Literal[False], "ProcessGroup"]
-
-SHARDED_UNSUPPORTED = (
-    "edgewatch does not support sharded parameters yet (FSDP's fully_shard or FullyShardedDataParallel, "
-    "or other DTensor parameters): curvature probes would need Lanczos vectors sharded like the "
-    "parameters, with their inner products all-reduced, which the solvers do not do yet, and the "
-    "gradient and parameter norms are not reduced over the shards. Monitor the run under "
-    "DistributedDataParallel (replicated parameters), or a single-process run of the same model."
-)
-
 
 class DistributedProbeError(RuntimeError):
     """A probe failed on another rank; every rank abandons it together (training goes on)."""
@@ -112,28 +100,6 @@ def world_size(group: ProcessGroup | None) -> int:
 def is_main_process() -> bool:
     """Global rank 0, or a process outside any process group: the one that logs."""
     return not _initialized() or torch.distributed.get_rank() == 0
-
-
-def reject_sharded(model: nn.Module) -> None:
-    """Raise :data:`SHARDED_UNSUPPORTED` for an FSDP module or a model with DTensor parameters.
-
-    Costs nothing when torch's FSDP and DTensor modules were never imported (then neither exists).
-
-    Raises:
-        NotImplementedError: the model is sharded.
-    """
-    sharded_types: tuple[type, ...] = ()
-    if "torch.distributed.fsdp" in sys.modules:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-        sharded_types += (FSDPModule, FullyShardedDataParallel)
-    if any(isinstance(module, sharded_types) for module in model.modules()):
-        raise NotImplementedError(SHARDED_UNSUPPORTED)
-    if "torch.distributed.tensor" in sys.modules:
-        from torch.distributed.tensor import DTensor
-
-        if any(isinstance(p, DTensor) for p in model.parameters()):
-            raise NotImplementedError(SHARDED_UNSUPPORTED)
 
 
 def weighted_mean(local: Tensor, weight: float, failed: bool, group: ProcessGroup) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, Protocol, Union, runtime_checkable
 
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from edgewatch.curvature._state import probe_guard, seed_probe
-from edgewatch.distributed import DistributedProbeError, GroupSpec, probe_group, reject_sharded, weighted_mean, world_size
+from edgewatch.curvature.sharding import fsdp_group, local, reshard
+from edgewatch.distributed import DistributedProbeError, GroupSpec, probe_group, weighted_mean, world_size
 
 __all__ = [
     "Batch",
@@ -36,6 +38,9 @@ __all__ = [
     "solver",
     "solving",
 ]
+
+# What torch.utils.checkpoint says when it refuses a functional gradient (see _use_native_gradients).
+_CHECKPOINTING = re.compile(r"torch\.utils\.checkpoint|use_reentrant")
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -158,6 +163,14 @@ class CurvatureOperator:
     construct the operator and call it the same number of times, as every solver here does when
     run with the same arguments; ``process_group=False`` keeps a rank to itself.
 
+    Under FSDP2 (``fully_shard``) each rank also passes its own probe shard, but θ is sharded too:
+    vectors are this rank's part of θ's coordinates (:mod:`edgewatch.curvature.sharding`;
+    :attr:`local_size` elements, :attr:`shard_group` set), and gradients come from the model's own
+    sharded forward and backward passes, whose reduce-scatter combines the ranks' shards (each
+    rank's loss is weighted by its share of the probe examples). Only gradient-based products work
+    there (``HessianOperator(method="finite_difference")``); the probe runs in the parameters' own
+    dtype, and under the model's FSDP mixed-precision policy if it has one.
+
     Args:
         model: the network being trained. It is never modified: probes differentiate detached
             copies of its parameters and pass copies of its buffers.
@@ -182,10 +195,6 @@ class CurvatureOperator:
             ``torch.distributed`` is initialized with more than one rank, ``False`` to never
             communicate, or a ``ProcessGroup``.
 
-    Not supported yet: models that use activation checkpointing (``torch.utils.checkpoint``).
-    Its recomputation runs the forward pass again during the backward, outside the swapped-in
-    tensors, so it fails or updates the model's own BatchNorm statistics.
-
     Raises:
         ValueError: empty probe, a probe batch holding NaN or inf, unknown or frozen parameters,
             a ``loss_fn`` that cannot take ``(model, batch)``, ``train`` not True/False/None, a
@@ -193,7 +202,8 @@ class CurvatureOperator:
             per batch.
         TypeError: ``params`` of an unsupported kind, a batch whose size cannot be inferred, a
             ``dtype`` that is not a torch dtype.
-        NotImplementedError: FSDP-sharded (DTensor) parameters, not supported yet.
+        NotImplementedError: parameters sharded other than by FSDP2 on a 1-D mesh (FSDP1, HSDP,
+            tensor parallelism).
     """
 
     SELF_ADJOINT = True
@@ -218,14 +228,19 @@ class CurvatureOperator:
         check_seed(seed)
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch floating dtype such as torch.float64, or None, got {dtype!r}")
-        reject_sharded(model)
+        shard_group = fsdp_group(model)
         model = _unwrap(model)
         self.model = model
         self.loss_fn = loss_fn
         self.param_names = _select_parameters(model, params)
         named = dict(model.named_parameters())
-        self._shapes = tuple(named[name].shape for name in self.param_names)
-        self._numels = tuple(named[name].numel() for name in self.param_names)
+        selected = [named[name] for name in self.param_names]
+        # Vectors hold this rank's part of each parameter (all of it, unless FSDP2 shards it).
+        self._shapes = tuple(local(p).shape for p in selected)
+        self._numels = tuple(local(p).numel() for p in selected)
+        self._size = sum(p.numel() for p in selected)
+        if shard_group is not None:
+            dtype = _sharded_dtype(selected, dtype, process_group)
         self._dtype = dtype if dtype is not None else _default_dtype(model)
         if not self._dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating dtype, got {self._dtype}")
@@ -237,8 +252,25 @@ class CurvatureOperator:
         self.num_hvps = 0
         self._loss_module = _LossModule(model, loss_fn)
         self._sessions = 0
-        #: The process group products are all-reduced over (``None``: this process alone).
-        self.process_group = probe_group(process_group)
+        #: The process group products are all-reduced over (``None``: this process alone, or FSDP2,
+        #: whose backward pass combines the ranks itself).
+        self.process_group = None if shard_group is not None else probe_group(process_group)
+        #: The process group FSDP2 shards θ over (vectors are this rank's part), or ``None``.
+        self.shard_group = shard_group
+        #: Gradients come from the model's own forward and backward passes (FSDP2, and activation
+        #: checkpointing once it refused the functional ones), not from ``functional_call``.
+        self.native_gradients = shard_group is not None
+        self._functional_proven = False  # a functional pass has run through (see _buffers_kept_until_proven)
+        self._rank_weight, self._sharded_passes = 1.0, len(self.probe)
+        if shard_group is not None:  # FSDP2 averages the ranks' gradients: weight each by its share
+            total = torch.tensor([self._local_total], dtype=torch.float64, device=self._device)
+            torch.distributed.all_reduce(total, group=shard_group)
+            self._union_total = float(total)
+            self._rank_weight = torch.distributed.get_world_size(shard_group) * self._local_total / self._union_total
+            # Every rank runs as many sharded passes (each one collectives), however many batches it has.
+            count = torch.tensor([len(self.probe)], dtype=torch.float64, device=self._device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX, group=shard_group)
+            self._sharded_passes = int(count)
         self._failures: Tensor | None = None  # ranks that failed since the last check (on the device)
         self._local_error: Exception | None = None  # this rank's own failure since then
 
@@ -265,6 +297,11 @@ class CurvatureOperator:
     @property
     def size(self) -> int:
         """n, the number of parameters θ spans."""
+        return self._size
+
+    @property
+    def local_size(self) -> int:
+        """The length of the vectors this rank holds: n, or under FSDP2 its part of θ."""
         return sum(self._numels)
 
     @property
@@ -320,9 +357,10 @@ class CurvatureOperator:
     def loss_and_gradient(self) -> tuple[Tensor, Tensor]:
         """L(θ) and g = ∇L(θ) on the probe set, as a 0-dim tensor and a flat vector (no ``.grad``).
 
-        Under a process group: over the union of the ranks' shards, with one all-reduce.
+        Under a process group: over the union of the ranks' shards, with one all-reduce. Under
+        FSDP2: the loss over the union, and this rank's part of the gradient.
         """
-        if self.process_group is None:
+        if self.process_group is None:  # (also FSDP2, where the backward combines the ranks)
             return self._local_loss_and_gradient()
         both = self._all_reduced(lambda: torch.cat([v.reshape(-1).to(self._dtype) for v in self._local_loss_and_gradient()]), self.size + 1)
         self._settle()
@@ -330,12 +368,133 @@ class CurvatureOperator:
 
     def _local_loss_and_gradient(self) -> tuple[Tensor, Tensor]:
         with torch.inference_mode(False), torch.enable_grad(), self._probing():
-            frozen = self._frozen_tensors()
-            leaves = tuple(p.requires_grad_() for p in self._current_parameters())
-            loss = self._probe_loss(leaves, frozen)
-            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        gradient = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
-        return loss.detach(), self.flatten(gradient)
+            if not self.native_gradients:
+                try:
+                    with self._buffers_kept_until_proven():
+                        frozen = self._frozen_tensors()
+                        leaves = tuple(p.requires_grad_() for p in self._current_parameters())
+                        loss = self._probe_loss(leaves, frozen)
+                        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+                    gradient = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+                    return loss.detach(), self.flatten(gradient)
+                except RuntimeError as error:
+                    self._use_native_gradients(error)
+            loss, native = self._native_loss_and_gradient()
+            return loss, self.flatten(native)
+
+    @contextlib.contextmanager
+    def _buffers_kept_until_proven(self) -> Iterator[None]:
+        """Until a functional pass has once run through, restore the model's buffers if it raises.
+
+        A checkpointed block recomputes its forward pass with the module's own buffers: a BatchNorm
+        there updates the model's running statistics before the pass fails on a mismatch. A model
+        whose functional passes ran through once never does (and its buffers are not copied again).
+        """
+        if self._functional_proven:
+            yield
+            return
+        saved = [(buffer, buffer.detach().clone()) for buffer in self.model.buffers()]
+        try:
+            yield
+        except BaseException:
+            with torch.no_grad():
+                for buffer, copy in saved:
+                    buffer.copy_(copy)
+            raise
+        self._functional_proven = True
+
+    def _use_native_gradients(self, error: RuntimeError) -> None:
+        """Take gradients through the model's own passes from now on, when activation checkpointing
+        (``error`` says so) refuses the functional ones; re-raise anything else.
+
+        Checkpointing recomputes a forward pass during the backward with the module's own
+        parameters and buffers, not the tensors ``functional_call`` swapped in: with
+        ``use_reentrant=True`` it refuses ``torch.autograd.grad`` outright, and without reentrancy a
+        BatchNorm's recomputation does not match its probe forward (running statistics are not
+        passed there). The model's own passes see one model throughout.
+        """
+        if not _CHECKPOINTING.search(str(error)):
+            raise error
+        self.native_gradients = True
+
+    def _native_loss_and_gradient(self) -> tuple[Tensor, tuple[Tensor, ...]]:
+        r"""L(θ) and ∇L(θ) through the model's own forward and backward passes (FSDP2, activation
+        checkpointing), as parameter-shaped tensors; call inside :meth:`_probing`.
+
+        ``loss.backward()`` writes ``.grad`` (the only place FSDP2 and reentrant checkpointing put
+        gradients), so the user's ``.grad`` tensors are set aside for the duration and put back
+        untouched, and the buffers a forward pass writes (BatchNorm statistics, twice when
+        checkpointing recomputes) are restored from a copy, also when a pass raises.
+
+        Under FSDP2: the loss over every rank's probe shard and this rank's part of the gradient.
+        FSDP2's backward reduce-scatters the *mean* of the ranks' gradients, so rank r
+        backpropagates :math:`W S_r / S` times its shard's loss (:math:`S_r` its probe examples, S
+        all of them): the mean is then the size-weighted gradient over the union.
+        """
+        named = dict(self.model.named_parameters())
+        if any(named[name].dtype != self._dtype for name in self.param_names):
+            raise TypeError(
+                f"gradients through the model's own passes run in its dtype: build the operator with "
+                f"dtype={next(self.model.parameters()).dtype} for this model"
+            )
+        reshard(self.model)  # the sharded parameters, not those a forward pass left unsharded
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        set_aside = [p.grad for p in trainable]
+        buffers = [(buffer, buffer.detach().clone()) for buffer in self.model.buffers()]
+        try:
+            for p in trainable:
+                p.grad = None
+            loss = torch.zeros((), dtype=torch.float64, device=self._device)
+            for index, weight in self._sharded_batches():
+                seed_probe(self._device, self.seed + index)
+                batch_loss = self.loss_fn(self.model, self.probe[index])
+                _check_scalar(batch_loss, index)
+                (batch_loss * (weight * self._rank_weight)).backward()
+                loss += weight * batch_loss.detach().double()
+            named = dict(self.model.named_parameters())  # FSDP2's sharded ones again, after backward
+            gradient = tuple(
+                torch.zeros(shape, dtype=self._dtype, device=self._device) if named[name].grad is None
+                else local(named[name].grad).to(self._dtype)
+                for name, shape in zip(self.param_names, self._shapes)
+            )
+        finally:
+            reshard(self.model)
+            for p, grad in zip(trainable, set_aside):
+                p.grad = grad
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+        if self.shard_group is None:
+            return loss.to(self._dtype), gradient
+        loss *= self._local_total
+        torch.distributed.all_reduce(loss, group=self.shard_group)
+        return (loss / self._union_total).to(self._dtype), gradient
+
+    def _sharded_batches(self) -> list[tuple[int, float]]:
+        """(batch, weight) for each pass of :meth:`_native_loss_and_gradient`: under FSDP2 every rank
+        runs as many, a rank with fewer probe batches than another repeating its first with weight
+        0, so that the collectives match up."""
+        return [(i, self.weights[i]) if i < len(self.probe) else (0, 0.0) for i in range(self._sharded_passes)]
+
+    def batch_loss(self, index: int) -> Tensor:
+        """ℓ(θ; B_index) at the current θ, without gradients: whether a probe batch fits the model.
+
+        Runs under the probe guard and leaves the model as it was. Under FSDP2 it is a sharded
+        forward pass, which every rank must run together, as many times.
+        """
+        with torch.no_grad(), self._probing():
+            if not self.native_gradients:
+                return self._batch_loss(index, self._current_parameters(), self._frozen_tensors())
+            buffers = [(buffer, buffer.detach().clone()) for buffer in self.model.buffers()]
+            try:
+                seed_probe(self._device, self.seed + index)
+                loss = self.loss_fn(self.model, self.probe[index])
+                _check_scalar(loss, index)
+                return loss
+            finally:
+                reshard(self.model)
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
 
     # -- across ranks ----------------------------------------------------------------------------
     def _all_reduced(self, local: Callable[[], Tensor], length: int) -> Tensor:
@@ -395,9 +554,10 @@ class CurvatureOperator:
 
     # -- evaluation, for subclasses -------------------------------------------------------------
     def _current_parameters(self) -> tuple[Tensor, ...]:
-        """θ now: detached (shared storage when no cast is needed), in the operator's dtype."""
+        """θ now (this rank's part under FSDP2): detached (shared storage when no cast is needed),
+        in the operator's dtype."""
         named = dict(self.model.named_parameters())
-        return tuple(named[name].detach().to(self._dtype) for name in self.param_names)
+        return tuple(local(named[name].detach()).to(self._dtype) for name in self.param_names)
 
     def _frozen_tensors(self) -> dict[str, Tensor | None]:
         """Everything ``functional_call`` needs besides θ, so the model's own tensors stay unused.
@@ -431,12 +591,7 @@ class CurvatureOperator:
         tensors.update({f"model.{name}": t for name, t in frozen.items()})
         seed_probe(self._device, self.seed + index)
         loss = functional_call(self._loss_module, tensors, (self.probe[index],))
-        if not isinstance(loss, Tensor) or loss.ndim != 0:
-            got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(
-                f"loss_fn must return a scalar tensor, got {got} for probe batch {index}; "
-                "reduce it, e.g. with .mean()"
-            )
+        _check_scalar(loss, index)
         return loss
 
     def _probe_loss(self, params: tuple[Tensor, ...], frozen: Mapping[str, Tensor | None]) -> Tensor:
@@ -458,10 +613,11 @@ class CurvatureOperator:
 
     # -- validation of inputs -----------------------------------------------------------------------
     def _check_flat(self, v: Tensor) -> Tensor:
-        n = self.size
+        n = self.local_size
         if v.shape != (n,):
+            part = "" if self.shard_group is None else " (this rank's part of the sharded parameters)"
             raise ValueError(
-                f"expected a flat vector of shape ({n},), got {tuple(v.shape)}; "
+                f"expected a flat vector of shape ({n},){part}, got {tuple(v.shape)}; "
                 "use op.flatten(tensors) for parameter-shaped input"
             )
         return _usable(v.to(device=self._device, dtype=self._dtype))
@@ -474,6 +630,25 @@ class CurvatureOperator:
                 f"got {got}"
             )
         return tuple(_usable(t.to(device=self._device, dtype=self._dtype)) for t in v)
+
+
+def _check_scalar(loss: Any, index: int) -> None:
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(
+            f"loss_fn must return a scalar tensor, got {got} for probe batch {index}; reduce it, e.g. with .mean()"
+        )
+
+
+def _sharded_dtype(params: Sequence[Tensor], dtype: torch.dtype | None, process_group: GroupSpec) -> torch.dtype:
+    """The probe dtype of an FSDP2 model: its parameters' own (a sharded model cannot be cast for a
+    probe), over the ranks of its mesh."""
+    own = params[0].dtype
+    if dtype is not None and dtype != own:
+        raise ValueError(f"an FSDP2 model is probed in its parameters' dtype ({own}), got dtype={dtype}")
+    if process_group is False:  # its passes communicate over the mesh whatever the probe says
+        raise ValueError("an FSDP2 model's probe spans its device mesh: process_group=False cannot keep a rank to itself")
+    return own
 
 
 # -- checks of the constructor's arguments (the Monitor and the trainer callbacks use them too) ---

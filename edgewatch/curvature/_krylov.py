@@ -18,8 +18,9 @@ The residual of a Ritz pair :math:`(θ, Q_m s)` is then, exactly,
 
 with :math:`w_j` the residual set aside at restart j. After a restart the process can also be
 steered back along a Ritz pair's whole residual (:meth:`LanczosProcess.steer`), which sets the
-pending direction aside in turn. Vectors stay in the operator's dtype and on its device; the
-projected matrix lives on the host in float64 (one small transfer per step, which the stopping test
+pending direction aside in turn. Vectors stay in the operator's dtype and on its device (this
+rank's part of them when the operator's parameters are sharded, :mod:`~edgewatch.curvature.sharding`,
+with every inner product all-reduced); the projected matrix lives on the host in float64 (one small transfer per step, which the stopping test
 needs anyway, and one more for the residuals while directions are set aside).
 
 References:
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor
 
 from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature.sharding import inner, local_length, norm
 
 __all__ = ["LanczosProcess", "project_out"]
 
@@ -43,11 +45,12 @@ __all__ = ["LanczosProcess", "project_out"]
 _MAX_SET_ASIDE = 16
 
 
-def project_out(w: Tensor, basis: Tensor) -> Tensor:
+def project_out(w: Tensor, basis: Tensor, op: object = None) -> Tensor:
     """w minus its component in the row space of the orthonormal ``basis`` (m, n), twice over
-    ("twice is enough" for orthogonality to working precision)."""
+    ("twice is enough" for orthogonality to working precision); inner products as ``op``'s
+    vectors take them (all-reduced when they are sharded)."""
     for _ in range(2):
-        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ inner(op, basis, w)
     return w
 
 
@@ -75,6 +78,7 @@ class LanczosProcess:
     ) -> None:
         self.op = op
         self.dimension = op.shape[0]
+        self.length = local_length(op)  # of the vectors held here (their part, when sharded)
         self.generator = generator
         self.allow_restart = restart
         self.exhausted = False  # no further step possible (full space, or breakdown without restart)
@@ -82,8 +86,8 @@ class LanczosProcess:
         self.breakdowns = 0  # restarts forced by an invariant subspace
         self._size = 0
         rows = min(self.dimension, capacity) + 1
-        self._basis = torch.empty(rows, self.dimension, dtype=op.dtype, device=op.device)
-        self._basis[0] = start / torch.linalg.vector_norm(start)
+        self._basis = torch.empty(rows, self.length, dtype=op.dtype, device=op.device)
+        self._basis[0] = start / norm(op, start)
         self._projected = np.zeros((rows, rows))
         self._beta = 0.0  # norm of the residual of the last step, along the pending basis vector
         self._set_aside: list[tuple[int, Tensor]] = []  # (step j, w_j) for restarts with w_j != 0
@@ -112,11 +116,11 @@ class LanczosProcess:
         q = self._basis[j]
         w = self.op(q)
         basis = self._basis[: j + 1]  # (j+1, n)
-        coefficients = basis @ w
+        coefficients = inner(self.op, basis, w)
         w = w - basis.T @ coefficients
-        correction = basis @ w
+        correction = inner(self.op, basis, w)
         w = w - basis.T @ correction
-        beta = torch.linalg.vector_norm(w)
+        beta = norm(self.op, w)
         host = torch.cat([coefficients + correction, beta[None]]).cpu().double().numpy()  # the sync
         self._size += 1
         self._grow(j + 2)
@@ -212,12 +216,12 @@ class LanczosProcess:
         if self._set_aside:
             basis = self.basis
             for j, w in self._set_aside:
-                directions.append(project_out(w, basis))
+                directions.append(project_out(w, basis, self.op))
                 weights.append(s[j])
         if not directions:
             return None
         u = torch.stack(directions)  # (p, n)
-        gram = (u @ u.T).cpu().double().numpy()  # (p, p)
+        gram = inner(self.op, u, u.T).cpu().double().numpy()  # (p, p)
         return pending, np.stack(weights), u, gram
 
     def _restart_from(self, j: int, set_aside: Tensor | None, direction: Tensor | None = None) -> None:
@@ -225,16 +229,16 @@ class LanczosProcess:
             self._set_aside.append((j, set_aside))
         basis = self._basis[: j + 1]
         if direction is None:
-            direction = torch.randn(self.dimension, generator=self.generator, dtype=self.op.dtype, device=self.op.device)
-        w = project_out(direction, basis)
-        self._basis[j + 1] = w / torch.linalg.vector_norm(w)
+            direction = torch.randn(self.length, generator=self.generator, dtype=self.op.dtype, device=self.op.device)
+        w = project_out(direction, basis, self.op)
+        self._basis[j + 1] = w / norm(self.op, w)
         self._beta = 0.0
 
     def _grow(self, rows: int) -> None:
         if rows <= self._basis.shape[0]:
             return
         capacity = min(max(rows, 2 * self._basis.shape[0]), self.dimension + 1)
-        grown = self._basis.new_empty(capacity, self.dimension)
+        grown = self._basis.new_empty(capacity, self.length)
         grown[: self._basis.shape[0]] = self._basis
         self._basis = grown
         projected = np.zeros((capacity, capacity))

@@ -21,15 +21,19 @@ __all__ = ["probe_guard", "seed_probe"]
 
 
 @contextlib.contextmanager
-def probe_guard(model: nn.Module, device: torch.device, *, train: bool | None) -> Iterator[None]:
+def probe_guard(
+    model: nn.Module, device: torch.device, *, train: bool | None, math_attention: bool = True
+) -> Iterator[None]:
     """Run a curvature probe on ``model`` and leave it exactly as it was.
 
     Inside the block: the model is in train mode (``train=True``, the loss being optimized), eval
     mode (``False``) or left as it is (``None``, for models that keep some modules in eval mode
     while training); autograd is enabled even under ``no_grad`` or ``inference_mode``; autocast is
     off (probes run in the operator's dtype); ``scaled_dot_product_attention`` uses the math
-    backend, the only one with double backward and forward-mode AD. On exit the mode of every
-    submodule is restored one by one.
+    backend, the only one with double backward and forward-mode AD (``math_attention=False``
+    keeps the model's own choice of kernel, for probes that need gradients only: the fused
+    kernels' memory grows linearly with the sequence, the math backend's with its square). On
+    exit the mode of every submodule is restored one by one.
 
     The RNG of the CPU and of ``device`` is forked, so seeding inside the block (see
     :func:`seed_probe`) leaves the generators where the training run left them.
@@ -43,7 +47,8 @@ def probe_guard(model: nn.Module, device: torch.device, *, train: bool | None) -
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
             stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            if math_attention:
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
             yield
     finally:
         for module, mode in modes:

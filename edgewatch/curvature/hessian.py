@@ -17,6 +17,7 @@ adds to the noise floor of every residual.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -26,7 +27,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from edgewatch.curvature._base import Batch, CurvatureOperator, LossFn, ParamSpec
+from edgewatch.curvature._base import _CHECKPOINTING, Batch, CurvatureOperator, LossFn, ParamSpec
+from edgewatch.curvature._state import probe_guard
+from edgewatch.curvature.sharding import local, sum_over_shards
 from edgewatch.curvature.hvp import (
     GradientFn,
     GradientGraph,
@@ -136,6 +139,8 @@ class HessianOperator(CurvatureOperator):
             process_group=process_group,
         )
         self.reuse_graph = reuse_graph
+        if self.shard_group is not None:
+            method = _sharded_method(method)
         # Across ranks a remembered choice could differ (one rank may have timed this model before,
         # alone), and the ranks would then disagree on whether to time: they always time together.
         remembered = _AUTO_CHOICES.get(self._signature()) if self.process_group is None else None
@@ -157,12 +162,22 @@ class HessianOperator(CurvatureOperator):
 
     def _matvec(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if not self._may_fall_back:
-            return self._product(v)
+            try:
+                with self._buffers_kept_until_proven():
+                    return self._product(v)
+            except RuntimeError as error:
+                if self._method == "finite_difference" or not _CHECKPOINTING.search(str(error)):
+                    raise
+                raise RuntimeError(
+                    f"method={self._method!r} cannot differentiate through this model's activation checkpointing "
+                    f"({error}); use method='finite_difference' (or 'auto'), which needs gradients only"
+                ) from error
         self._may_fall_back = False  # only "auto"'s first product: later failures are the model's
         try:
-            return self._product(v)
+            with self._buffers_kept_until_proven():
+                return self._product(v)
         except RuntimeError as error:
-            if not _NO_DOUBLE_BACKWARD.search(str(error)):
+            if not (_NO_DOUBLE_BACKWARD.search(str(error)) or _CHECKPOINTING.search(str(error))):
                 raise
             self._fall_back(error)
         return self._product(v)
@@ -200,11 +215,16 @@ class HessianOperator(CurvatureOperator):
                     accumulated.add_(h, alpha=weight)
         return total
 
+    def _probing(self) -> contextlib.AbstractContextManager:
+        """The probe guard; finite differences keep the model's own attention kernels (fused SDPA
+        has no double backward, which they do not need)."""
+        return probe_guard(self.model, self.device, train=self.train, math_attention=self._method != "finite_difference")
+
     def _finite_difference(self, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """The central-difference product; the first one also measures :attr:`fd_error`."""
         with self._probing():
             params = self._perturbable_parameters()
-            step = finite_difference_step(params, v)
+            step = finite_difference_step(params, v, all_sum=self._all_sum)
             gradient = lambda: self._probe_gradient(params)  # noqa: E731
             product = hvp_finite_difference(gradient, params, v, step)
             if self.fd_error is None and step > 0:
@@ -224,15 +244,19 @@ class HessianOperator(CurvatureOperator):
         vector, one power step from v towards the top eigenvectors the solvers look for. Three
         more products (six gradients), once.
         """
-        coarse = hvp_finite_difference(gradient, params, v, 2 * finite_difference_step(params, v))
-        estimates = [_relative_difference(coarse, product)]
-        size = math.sqrt(sum(float(h.pow(2).sum()) for h in product))
+        coarse = hvp_finite_difference(gradient, params, v, 2 * finite_difference_step(params, v, all_sum=self._all_sum))
+        estimates = [_relative_difference(coarse, product, self._all_sum)]
+        size = math.sqrt(_squares(product, self._all_sum))
         if size > 0 and math.isfinite(size):
             u = tuple(h / size for h in product)
-            step = finite_difference_step(params, u)
+            step = finite_difference_step(params, u, all_sum=self._all_sum)
             fine = hvp_finite_difference(gradient, params, u, step)
-            estimates.append(_relative_difference(hvp_finite_difference(gradient, params, u, 2 * step), fine))
+            estimates.append(_relative_difference(hvp_finite_difference(gradient, params, u, 2 * step), fine, self._all_sum))
         return max(estimates)
+
+    def _all_sum(self, value: Tensor) -> Tensor:
+        """Local sums summed over the ranks θ is sharded over (FSDP2); as they are otherwise."""
+        return sum_over_shards(self, value)
 
     def _perturbable_parameters(self) -> tuple[Tensor, ...]:
         """θ as tensors the finite differences may shift in place: the parameters' own storage
@@ -244,7 +268,7 @@ class HessianOperator(CurvatureOperator):
         """
         named = dict(self.model.named_parameters())
         return tuple(
-            named[n].data if named[n].dtype == self._dtype else named[n].detach().to(self._dtype)
+            local(named[n]).data if named[n].dtype == self._dtype else local(named[n].detach()).to(self._dtype)
             for n in self.param_names
         )
 
@@ -253,8 +277,20 @@ class HessianOperator(CurvatureOperator):
         one batch at a time, into new tensors (``.grad`` untouched); call inside :meth:`_probing`.
 
         Buffers are copied anew for every gradient, so that a forward pass writing one cannot
-        make the two gradients of a difference see different models.
+        make the two gradients of a difference see different models. Under FSDP2 and activation
+        checkpointing the gradient comes from the model's own passes, which read ``params`` (its
+        parameters' own storage, or their shards).
         """
+        if not self.native_gradients:
+            try:
+                with self._buffers_kept_until_proven():
+                    return self._functional_gradient(params)
+            except RuntimeError as error:  # activation checkpointing: through the model's own passes
+                self._use_native_gradients(error)
+        return self._native_loss_and_gradient()[1]
+
+    def _functional_gradient(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """:meth:`_probe_gradient` by ``functional_call`` on detached leaves over ``params``."""
         frozen = self._frozen_tensors()
         total = tuple(torch.zeros_like(p) for p in params)
         for index, weight in enumerate(self.weights):
@@ -365,9 +401,32 @@ def check_method(method: object) -> None:
         raise ValueError(f"method must be one of {', '.join(map(repr, choices))}, got {method!r}; \"auto\" picks the faster")
 
 
-def _relative_difference(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
-    diff = sum(float((x - y).pow(2).sum()) for x, y in zip(a, b)) ** 0.5
-    norm = sum(float(y.pow(2).sum()) for y in b) ** 0.5
+def _sharded_method(method: str) -> str:
+    """The HVP method under FSDP2, which frees the unsharded parameters a double backward needs."""
+    if method in ("double_backward", "forward_over_reverse"):
+        raise ValueError(
+            f"method={method!r} needs a differentiable gradient, which FSDP2 (fully_shard) does not build; "
+            "use method='finite_difference' (or 'auto')"
+        )
+    if method == "auto":
+        warnings.warn(
+            "FSDP2 model: method='auto' uses finite-difference HVPs through the sharded forward and backward "
+            "passes (no double backward there); their estimated error is op.fd_error", stacklevel=4,
+        )
+    return "finite_difference"
+
+
+def _squares(tensors: Sequence[Tensor], all_sum=None) -> float:
+    """Σ‖t‖² over ``tensors``, summed over the shards when ``all_sum`` is given."""
+    if all_sum is None:
+        return sum(float(t.pow(2).sum()) for t in tensors)
+    local_sum = sum(t.double().pow(2).sum() for t in tensors)
+    return float(all_sum(torch.as_tensor(local_sum, dtype=torch.float64).reshape(1)))
+
+
+def _relative_difference(a: Sequence[Tensor], b: Sequence[Tensor], all_sum=None) -> float:
+    diff = _squares([x - y for x, y in zip(a, b)], all_sum) ** 0.5
+    norm = _squares(b, all_sum) ** 0.5
     return diff / max(norm, torch.finfo(b[0].dtype).tiny)
 
 

@@ -122,7 +122,9 @@ def require_graph(value: Tensor) -> None:
         )
 
 
-def finite_difference_step(params: Sequence[Tensor], v: Sequence[Tensor]) -> float:
+def finite_difference_step(
+    params: Sequence[Tensor], v: Sequence[Tensor], *, all_sum: Callable[[Tensor], Tensor] | None = None
+) -> float:
     r"""The central-difference step :math:`ε = \mathrm{eps}^{1/3}\,(1 + \|θ\|_{\mathrm{rms}}) / \|v\|`.
 
     :math:`\mathrm{eps}^{1/3}` balances the truncation error :math:`O(ε^2)` against the rounding
@@ -135,15 +137,21 @@ def finite_difference_step(params: Sequence[Tensor], v: Sequence[Tensor]) -> flo
     the weights are large. Scaling by :math:`1 + \|θ\|` instead (as Jacobian-free Newton-Krylov
     methods do, Knoll & Keyes 2004) made the step 4x larger on a digits MLP and the float32 error
     at its top eigenvector 20x larger (4.5e-4 against 2.3e-5 relative): third derivatives are
-    largest along the sharp directions. Returns 0 for v = 0.
+    largest along the sharp directions. Returns 0 for v = 0. ``all_sum`` sums local sums over
+    the ranks when ``params`` and ``v`` are shards of the whole vectors (FSDP2).
 
     >>> f"{finite_difference_step((torch.zeros(2, dtype=torch.float64),), (torch.ones(1, dtype=torch.float64),)):.2e}"
     '6.06e-06'
     """
     eps = torch.finfo(params[0].dtype).eps
     count = sum(p.numel() for p in params)
-    rms = _norm(params) / math.sqrt(max(count, 1))
-    size = _norm(v)
+    if all_sum is None:
+        rms, size = _norm(params) / math.sqrt(max(count, 1)), _norm(v)
+    else:  # θ and v sharded over ranks: the norms and the count of the whole vectors
+        local_sums = [sum(t.double().pow(2).sum() for t in tensors) for tensors in (params, v)]
+        totals = all_sum(torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in (*local_sums, count)]))
+        squares, squares_v, count = totals.tolist()
+        rms, size = math.sqrt(squares / max(count, 1)), math.sqrt(squares_v)
     return 0.0 if size == 0 else eps ** (1 / 3) * (1 + rms) / size
 
 

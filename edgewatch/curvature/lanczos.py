@@ -32,6 +32,7 @@ from torch import Tensor
 from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import LanczosProcess
 from edgewatch.curvature.noise import hvp_noise
+from edgewatch.curvature.sharding import all_finite, column_norms, local_length, norm
 
 __all__ = ["EigenResult", "WHICH", "lanczos"]
 
@@ -146,8 +147,8 @@ def lanczos(
     if v0 is not None:
         # A start with no component along the true top eigenvector can never find it; a little
         # randomness gives every direction one, at a cost of a few HVPs.
-        noise = torch.randn(n, generator=generator, dtype=op.dtype, device=op.device)
-        start = start / torch.linalg.vector_norm(start) + _WARM_NOISE * noise / torch.linalg.vector_norm(noise)
+        noise = torch.randn(local_length(op), generator=generator, dtype=op.dtype, device=op.device)
+        start = start / norm(op, start) + _WARM_NOISE * noise / norm(op, noise)
     process = LanczosProcess(op, start, generator=generator, restart=True, capacity=min(budget, 64))
     level = hvp_noise(op)  # two products at an operator's first solve, none after
     verify_steps = min(max(3, k), 10)
@@ -255,7 +256,7 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 
 
 def _start_vector(op: LinearOperator, v0: Tensor | None, generator: torch.Generator) -> Tensor:
-    n = op.shape[0]
+    n = local_length(op)
     if v0 is None:
         return torch.randn(n, generator=generator, dtype=op.dtype, device=op.device)
     v0 = v0.detach().to(dtype=op.dtype, device=op.device)
@@ -263,16 +264,16 @@ def _start_vector(op: LinearOperator, v0: Tensor | None, generator: torch.Genera
         v0 = v0[:, None]
     if v0.ndim != 2 or v0.shape[0] != n:
         raise ValueError(f"v0 must have shape ({n},) or ({n}, j), got {tuple(v0.shape)}")
-    if not torch.isfinite(v0).all():
+    if not all_finite(op, v0):
         raise ValueError("v0 has non-finite entries (a previous solve on a diverged model?); pass None")
-    norms = torch.linalg.vector_norm(v0, dim=0)
+    norms = column_norms(op, v0)
     start = (v0 / norms.clamp_min(torch.finfo(op.dtype).tiny)).sum(dim=1)
-    if not torch.linalg.vector_norm(start) > 0:
+    if not norm(op, start) > 0:
         raise ValueError("v0 is zero (or its columns cancel); pass previous Ritz vectors or None")
     return start
 
 
 def _nonfinite_result(op: LinearOperator, k: int, num_hvps: int) -> EigenResult:
     nan = torch.full((k,), float("nan"), dtype=torch.float64)
-    vectors = torch.full((op.shape[0], k), float("nan"), dtype=op.dtype, device=op.device)
+    vectors = torch.full((local_length(op), k), float("nan"), dtype=op.dtype, device=op.device)
     return EigenResult(nan, vectors, nan.clone(), False, num_hvps)

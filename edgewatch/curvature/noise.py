@@ -51,6 +51,7 @@ import weakref
 import torch
 
 from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature.sharding import local_length, norm
 
 __all__ = ["hvp_noise"]
 
@@ -134,11 +135,11 @@ def _measure(op: LinearOperator) -> tuple[float, bool]:
     """ρ from the two products, and whether both were finite."""
     eps = float(torch.finfo(op.dtype).eps)
     generator = torch.Generator(device=op.device).manual_seed(_SEED)
-    v = torch.randn(op.shape[0], generator=generator, dtype=op.dtype, device=op.device)
+    v = torch.randn(local_length(op), generator=generator, dtype=op.dtype, device=op.device)
     product = op(v)
     again = op(_SCALE * v) / _SCALE
-    size = float(torch.linalg.vector_norm(product))
-    difference = float(torch.linalg.vector_norm(again - product))
+    size = float(norm(op, product))
+    difference = float(norm(op, again - product))
     if not (math.isfinite(size) and math.isfinite(difference)):
         return eps, False
     if size == 0:  # H v = 0 exactly: nothing to scale a noise level by

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature.sharding import local_length
 
 __all__ = ["PreconditionedOperator"]
 
@@ -27,8 +28,9 @@ class PreconditionedOperator:
 
     Args:
         op: the symmetric operator H (flat vectors).
-        scale: (n,) the diagonal S, nonnegative (zero for coordinates that never move).
-        shift: (n,) optional diagonal W added to H before scaling.
+        scale: (n,) the diagonal S, nonnegative (zero for coordinates that never move); when
+            ``op``'s parameters are sharded (FSDP2), this rank's part of it, like its vectors.
+        shift: (n,) optional diagonal W added to H before scaling (sharded the same way).
 
     Example:
         >>> from edgewatch.curvature import MatrixOperator
@@ -39,7 +41,7 @@ class PreconditionedOperator:
     """
 
     def __init__(self, op: LinearOperator, scale: Tensor, shift: Tensor | None = None) -> None:
-        n = op.shape[0]
+        n = local_length(op)
         if scale.shape != (n,):
             raise ValueError(f"scale must have shape ({n},), got {tuple(scale.shape)}")
         if shift is not None and shift.shape != (n,):
@@ -58,6 +60,16 @@ class PreconditionedOperator:
     @property
     def dtype(self) -> torch.dtype:
         return self.op.dtype
+
+    @property
+    def local_size(self) -> int:
+        """The length of the vectors held here (the inner operator's)."""
+        return local_length(self.op)
+
+    @property
+    def shard_group(self) -> object:
+        """The process group the inner operator's vectors are sharded over, if any."""
+        return getattr(self.op, "shard_group", None)
 
     @property
     def device(self) -> torch.device:

@@ -36,6 +36,7 @@ from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import LanczosProcess
 from edgewatch.curvature.lanczos import EigenResult
 from edgewatch.curvature.noise import hvp_noise
+from edgewatch.curvature.sharding import local_length, norm
 
 __all__ = ["refine"]
 
@@ -78,14 +79,14 @@ def refine(op: LinearOperator, v: Tensor, *, steps: int = 2, tol: float = 1e-2) 
         raise ValueError(f"steps must be at least 1, got {steps}")
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol}")
-    n = op.shape[0]
+    n, length = op.shape[0], local_length(op)
     v = v.detach().to(dtype=op.dtype, device=op.device)
     if v.ndim == 2:
         v = v[:, 0]
-    if v.ndim != 1 or v.shape[0] != n:
-        raise ValueError(f"v must have shape ({n},) or ({n}, j), got {tuple(v.shape)}")
-    norm = torch.linalg.vector_norm(v)
-    if not bool(torch.isfinite(norm)) or not norm > 0:
+    if v.ndim != 1 or v.shape[0] != length:
+        raise ValueError(f"v must have shape ({length},) or ({length}, j), got {tuple(v.shape)}")
+    size = norm(op, v)
+    if not bool(torch.isfinite(size)) or not size > 0:
         raise ValueError("v must be a finite, nonzero vector (the kept eigenvector of a previous solve)")
     # No restarts: the Krylov space of v is the point; a breakdown means v spans an invariant subspace.
     generator = torch.Generator(device=op.device).manual_seed(0)
@@ -95,7 +96,8 @@ def refine(op: LinearOperator, v: Tensor, *, steps: int = 2, tol: float = 1e-2) 
         process.step()
         if process.nonfinite:
             nan = torch.full((1,), float("nan"), dtype=torch.float64)
-            return EigenResult(nan, torch.full((n, 1), float("nan"), dtype=op.dtype, device=op.device), nan.clone(), False, process.size)
+            vector = torch.full((length, 1), float("nan"), dtype=op.dtype, device=op.device)
+            return EigenResult(nan, vector, nan.clone(), False, process.size)
         theta, s, residuals = process.ritz()
         top = int(np.argmax(theta))
         value = float(theta[top])

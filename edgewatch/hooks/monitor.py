@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from edgewatch import names
 from edgewatch.curvature._base import LossFn, _unwrap
+from edgewatch.curvature.sharding import local
 from edgewatch.distributed import GroupSpec, is_main_process, mean_over_ranks, probe_group
 from edgewatch.hooks.detectors import (
     CatapultDetector,
@@ -53,7 +54,9 @@ from edgewatch.hooks.events import Detector, Event
 from edgewatch.hooks.history import History
 from edgewatch.hooks.meta import run_meta
 from edgewatch.hooks.probes.curvature import CurvatureProbe
-from edgewatch.hooks.probes.grads import GradientRecorder, HostReduction, adam_epsilon_fraction, parameter_and_update_norms
+from edgewatch.hooks.probes.grads import (
+    GradientRecorder, HostReduction, adam_epsilon_fraction, over_shards, parameter_and_update_norms,
+)
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.hooks.validation import check_every, check_monitor_settings, check_stop_on, check_trainable, curvature_schedule
 from edgewatch.loggers import JsonlLogger, Logger, MultiLogger, make_logger
@@ -244,7 +247,9 @@ class Monitor:
         self.grad_scaler = grad_scaler
         self.track_updates = track_updates
         self._params = _optimized(optimizer)
-        self._previous = [p.detach().clone() for p in self._params] if track_updates else None
+        #: FSDP2's process group when the parameters are sharded: norms are then summed over it.
+        self._shards = self.curvature.hessian.shard_group
+        self._previous = [local(p).detach().clone() for p in self._params] if track_updates else None
         self._loss: Tensor | None = None
         self._named = _unwrap(model)  # names as in the module itself, not "module.…" of a DDP wrapper
         self.module_metrics = module_metrics
@@ -399,7 +404,7 @@ class Monitor:
             if len(params) != len(self._params) or any(p is not q for p, q in zip(params, self._params)):
                 # parameters added or unfrozen since: watch them from the next backward on
                 self._params = params
-                self._previous = [p.detach().clone() for p in params] if self.track_updates else None
+                self._previous = [local(p).detach().clone() for p in params] if self.track_updates else None
                 self._snapshot_fresh = True
                 if self._recorder is not None:
                     self._recorder.remove()
@@ -412,7 +417,7 @@ class Monitor:
 
     def _snapshot(self) -> None:
         """Copy θ into the buffers ``update/norm`` is measured from."""
-        torch._foreach_copy_(self._previous, [p.detach() for p in self._params])
+        torch._foreach_copy_(self._previous, [local(p).detach() for p in self._params])
         self._snapshot_fresh = True
 
     def _after_step(self) -> dict[str, float]:
@@ -477,10 +482,18 @@ class Monitor:
     def _probe(self, kind: Kind) -> dict[str, Any]:
         """One curvature point, timed and counted against the budget."""
         started, hvps = self.budget.clock(), self.curvature.hessian.num_hvps
+        # The probe's own backward passes (FSDP2's, through the model) are not the step's gradient.
+        armed = self._recorder is not None and self._recorder.armed
+        if self._recorder is not None:
+            self._recorder.armed = False
         # A streamed point that turns out untrustworthy escalates to a full solve only when the
         # budget can pay for one (decided on settled times, so alike on every rank).
         escalate = kind == "full" or not isinstance(self.curvature_schedule, str) or self.budget.affords("full")
-        metrics = self._guarded("curvature", lambda: self.curvature.measure(streamed=kind == "stream", escalate=escalate))
+        try:
+            metrics = self._guarded("curvature", lambda: self.curvature.measure(streamed=kind == "stream", escalate=escalate))
+        finally:
+            if self._recorder is not None:
+                self._recorder.armed = armed
         seconds = self.budget.clock() - started
         done: Kind = "stream" if metrics.get(names.STREAMED) == 1.0 else "full"
         self.budget.spent(done, seconds)
@@ -524,7 +537,7 @@ class Monitor:
             scale = 1.0
             if self.grad_scaler is not None and self.grad_scaler.is_enabled():
                 scale = float(self.grad_scaler.get_scale())  # the scale of this step's backward
-            gradients = self._recorder.reduction(scale)
+            gradients = over_shards(self._recorder.reduction(scale), self._shards)
             if gradients is not None:
                 metrics["grad/*"] = gradients
         if self._loss is not None:
@@ -537,8 +550,11 @@ class Monitor:
         previous = self._previous if self._snapshot_fresh else None
         self._snapshot_fresh = False
         # A failing whole-model metric costs only itself (one warning), not grad/norm, loss and lr.
-        metrics.update(self._guarded("param", lambda: {"param/*": parameter_and_update_norms(self._params, previous)}))
-        fraction = self._guarded("adam", lambda: {names.ADAM_EPSILON_FRACTION: adam_epsilon_fraction(self.optimizer)})
+        params = [local(p) for p in self._params]  # this rank's shards under FSDP2 (their storage may move)
+        metrics.update(self._guarded("param", lambda: {
+            "param/*": over_shards(parameter_and_update_norms(params, previous), self._shards)}))
+        fraction = self._guarded("adam", lambda: {
+            names.ADAM_EPSILON_FRACTION: adam_epsilon_fraction(self.optimizer, self._shards)})
         metrics.update({name: value for name, value in fraction.items() if value is not None})
         return metrics
 
@@ -659,10 +675,11 @@ def _synchronizer(device: torch.device) -> Callable[[], None] | None:
 
 def _check_probe_fits(probe: CurvatureProbe) -> None:
     hessian = probe.hessian
-    for index in range(len(hessian.probe)):
+    # Under FSDP2 each check is a sharded pass: every rank runs as many (repeating its last batch).
+    passes = getattr(hessian, "_sharded_passes", len(hessian.probe))
+    for index in (min(i, len(hessian.probe) - 1) for i in range(passes)):
         try:
-            with torch.no_grad(), hessian._probing():
-                hessian._batch_loss(index, hessian._current_parameters(), hessian._frozen_tensors())
+            hessian.batch_loss(index)
         except ValueError:  # already one of edgewatch's own clear messages
             raise
         except Exception as error:  # noqa: BLE001 - any failure here is the probe not fitting

@@ -31,9 +31,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from edgewatch.curvature._base import CurvatureOperator
 from edgewatch.curvature.preconditioned import PreconditionedOperator
+from edgewatch.curvature.sharding import local, sum_over_shards
 from edgewatch.optimizers._base import OptimizerStateError
 from edgewatch.optimizers.registry import adapter_for
 
@@ -144,7 +146,7 @@ def preconditioned_operator(
     scales, shifts, missing_state = [], [], None
     for name in op.param_names:
         param = named[name]
-        numel = param.numel()
+        numel = local(param).numel()  # this rank's part under FSDP2, as the operator's vectors
         index = owner.get(id(param))
         d = None
         if index is not None:
@@ -161,15 +163,22 @@ def preconditioned_operator(
         lr = adapter.learning_rate(group, state)
         c = group_info.stability_constant
         factor = (lr / info.lr if info.lr > 0 else 1.0) * (info.stability_constant / c if c > 0 else 0.0)
-        d = torch.ones(numel, dtype=op.dtype, device=op.device) if d is None else d.reshape(-1).to(op.device, op.dtype)
+        d = torch.ones(numel, dtype=op.dtype, device=op.device) if d is None else local(d).reshape(-1).to(op.device, op.dtype)
         scales.append(factor * d)
         shifts.append(torch.full((numel,), group_info.weight_decay, dtype=op.dtype, device=op.device))
     scale, shift = torch.cat(scales), torch.cat(shifts)
-    if not bool(scale.any()):
+    if not _any(op, scale):
         if missing_state is not None:
             raise missing_state
         raise ValueError(
             f"the optimizer ({info.optimizer}) updates none of the operator's parameters "
             f"({', '.join(op.param_names[:3])}, ...); build the optimizer from the same model"
         )
-    return PreconditionedOperator(op, scale, shift if bool(shift.any()) else None), info
+    return PreconditionedOperator(op, scale, shift if _any(op, shift) else None), info
+
+
+def _any(op: CurvatureOperator, values: Tensor) -> bool:
+    """Whether any entry is nonzero, on any rank when the vectors are sharded (the same answer on
+    every rank: a rank may hold no entry of a small parameter)."""
+    nonzero = (values != 0).sum().to(torch.float64).reshape(1)
+    return bool(sum_over_shards(op, nonzero) > 0)

@@ -188,3 +188,31 @@ def test_auto_falls_back_to_finite_differences_without_double_backward():
     again = HessianOperator(model, cases.cross_entropy, probe, method="auto")
     assert again.method == "finite_difference"  # remembered: no second failure, no second warning
     hessian_module._AUTO_CHOICES.clear()
+
+
+def test_finite_differences_keep_the_models_attention_kernel():
+    """Double backward needs the math SDPA backend; finite differences leave the fused kernels on,
+    whose memory grows with the sequence rather than its square."""
+    seen = []
+
+    class Attending(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.qkv, self.head = nn.Linear(8, 24), nn.Linear(8, 3)
+
+        def forward(self, x):
+            seen.append(torch.backends.cuda.flash_sdp_enabled())  # the global switch sdpa_kernel sets
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return self.head(nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).mean(1))
+
+    x = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(1))
+    batch = (x, torch.tensor([0, 1, 2, 0]))
+    kernels = {}
+    for method in ("double_backward", "finite_difference"):
+        seen.clear()
+        op = HessianOperator(Attending(), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), [batch], method=method)
+        op(torch.ones(op.size))
+        kernels[method] = set(seen)
+    assert kernels == {"double_backward": {False}, "finite_difference": {True}}
+    assert torch.backends.cuda.flash_sdp_enabled()  # and the switch is back as it was

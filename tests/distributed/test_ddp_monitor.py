@@ -1,5 +1,5 @@
 """The Monitor on a 2-rank DDP run: training unchanged, one writer, the same metrics on every rank,
-collectives only on measured steps; and one clear error for FSDP2-sharded models."""
+collectives only on measured steps; and one clear error for parameters sharded other than by FSDP2."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from torch.nn.parallel import DistributedDataParallel
 import cases
 from edgewatch import Monitor, Schedule
 from edgewatch.curvature import HessianOperator
-from edgewatch.distributed import SHARDED_UNSUPPORTED
 from edgewatch.loggers import read_jsonl
 from shards import batch, probe_shard
 from spawning import run_ranks
@@ -100,12 +99,13 @@ def train_on_budget(rank: int, steps: int = 160) -> dict:
             "params": [p.detach().clone() for p in model.parameters()]}
 
 
-def fsdp_errors() -> dict[str, str]:
-    """FSDP2 (fully_shard) runs on CPU with gloo in torch 2.13: the Monitor and the operator refuse it, clearly."""
-    from torch.distributed.fsdp import fully_shard
+def sharding_errors() -> dict[str, str]:
+    """Parameters made DTensors without FSDP2 (here replicated by distribute_module, as tensor
+    parallelism would shard them): the Monitor and the operator refuse them, clearly."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_module
 
-    model = cases.mlp(seed=0, hidden=16)
-    fully_shard(model)
+    model = distribute_module(cases.mlp(seed=0, hidden=16), init_device_mesh("cpu", (2,)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     errors = {}
     for name, build in {"monitor": lambda: Monitor(model, optimizer, cases.cross_entropy, probe_shard(0)),
@@ -127,7 +127,7 @@ def _worker(rank: int, world_size: int, out: str, runs_root: str) -> None:
         results = {"plain": train(rank, False, counter), "watched": train(rank, True, counter),
                    "budget": train_on_budget(rank)}
     results["warnings"] = [str(w.message) for w in caught if "edgewatch" in str(w.message)]
-    results["fsdp"] = fsdp_errors()
+    results["sharded"] = sharding_errors()
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
@@ -233,7 +233,9 @@ def test_the_union_gradient_is_what_ddp_holds(ranks):
         assert result["watched"]["grad_norm"][0] == pytest.approx(union, rel=1e-6)
 
 
-def test_fsdp2_is_refused_with_one_clear_error(ranks):
+def test_dtensor_parameters_outside_fsdp2_are_refused_with_one_clear_error(ranks):
     results, _ = ranks
     for result in results:
-        assert result["fsdp"] == {"monitor": SHARDED_UNSUPPORTED, "operator": SHARDED_UNSUPPORTED}
+        errors = result["sharded"]
+        assert errors["monitor"] == errors["operator"]
+        assert "0.weight is a DTensor outside FSDP2" in errors["operator"] and "fully_shard" in errors["operator"]

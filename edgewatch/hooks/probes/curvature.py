@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from edgewatch import names
 from edgewatch.curvature import EigenResult, HessianOperator, lanczos, refine
+from edgewatch.curvature.sharding import all_finite, inner, sum_over_shards
 from edgewatch.distributed import GroupSpec
 from edgewatch.hooks.probes.blocks import module_key
 from edgewatch.hooks.probes.grads import module_of
@@ -140,7 +141,7 @@ class CurvatureProbe:
         with self.hessian:  # one gradient graph for every product below
             with self.logits.recording():  # the probe's forward passes also show its logits
                 loss, gradient = self.hessian.loss_and_gradient()
-            metrics.update(self.logits.metrics(self.hessian.process_group))
+            metrics.update(self.logits.metrics(self._ranks))
             metrics[names.PROBE_LOSS] = loss
             top, was_streamed = self._top(names.CURVATURE, self.hessian, self.k, self.vectors, streamed, escalate)
             if was_streamed:
@@ -150,7 +151,7 @@ class CurvatureProbe:
             trusted = top.converged or not was_streamed  # an unconverged full solve still reports its best
             metrics.update(_eigen_metrics(names.CURVATURE, top, value=trusted))
             metrics[names.STREAMED] = float(was_streamed)
-            squared = gradient.dot(gradient)
+            squared = inner(self.hessian, gradient, gradient)
             metrics[names.GRAD_PROBE_NORM] = squared.sqrt()
             if not was_streamed:
                 for i, value in enumerate(top.eigenvalues.tolist()[1:], start=2):
@@ -165,11 +166,11 @@ class CurvatureProbe:
         """λ₁ (top-k when full) of ``op``: refreshed from ``kept`` (or, with none kept, from
         ``fallback``) when ``streamed`` and the refresh is trustworthy (or escalating is not
         allowed), else a full solve warm-started from the best vector at hand."""
-        kept = _finite(kept)
+        kept = _finite(op, kept)
         if kept is None and streamed:
             # No vector of this operator's yet (Adam's preconditioner appears after its first
             # step): a related one is a better start than a full solve the budget did not ask for.
-            kept = _finite(fallback)
+            kept = _finite(op, fallback)
         start = kept
         hvps = 0
         if streamed and kept is not None:
@@ -177,7 +178,7 @@ class CurvatureProbe:
             value = fresh.eigenvalues[0].item()
             last = self._last.get(name)
             fell = last is not None and value < (1 - self.stream_drop) * last
-            finite = bool(torch.isfinite(fresh.eigenvectors).all())
+            finite = all_finite(op, fresh.eigenvectors)
             if (fresh.converged and not fell) or (not escalate and finite):
                 if fresh.converged:
                     self._last[name] = value
@@ -192,8 +193,8 @@ class CurvatureProbe:
     def _gradient_metrics(self, gradient: Tensor, squared: Tensor, vectors: Tensor) -> dict[str, Tensor]:
         """gᵀHg/gᵀg (one HVP) and ‖V_kᵀg‖²/‖g‖², with ``squared`` = gᵀg."""
         tiny = torch.finfo(squared.dtype).tiny
-        directional = gradient.dot(self.hessian(gradient)) / squared.clamp_min(tiny)
-        overlap = (vectors.T @ gradient).pow(2).sum() / squared.clamp_min(tiny)
+        directional = inner(self.hessian, gradient, self.hessian(gradient)) / squared.clamp_min(tiny)
+        overlap = inner(self.hessian, vectors.T, gradient).pow(2).sum() / squared.clamp_min(tiny)
         return {names.DIRECTIONAL_SHARPNESS: directional, names.GRADIENT_OVERLAP: overlap}
 
     def _energy_share(self, vector: Tensor) -> dict[str, Tensor]:
@@ -202,7 +203,15 @@ class CurvatureProbe:
         for name, where in self._slices.items():
             key = self._module_key(module_of(name))
             shares[key] = shares[key] + vector[where].pow(2).sum()
+        if self.hessian.shard_group is not None:  # each rank summed its own part of every block
+            summed = sum_over_shards(self.hessian, torch.stack(list(shares.values())))
+            shares = dict(zip(shares, summed.unbind()))
         return {names.family(names.TOP_ENERGY, module=module): share for module, share in shares.items()}
+
+    @property
+    def _ranks(self) -> Any:
+        """The ranks whose probe shards make up the probe (DDP's or FSDP2's), or None."""
+        return self.hessian.shard_group if self.hessian.shard_group is not None else self.hessian.process_group
 
     def _preconditioned(self, top: EigenResult | None, streamed: bool, escalate: bool) -> dict[str, Tensor | float]:
         """The preconditioned sharpness against its threshold; ``top``: H's result, None when not
@@ -265,7 +274,7 @@ class CurvatureProbe:
         self._last = {str(k): float(v) for k, v in state.get("last", {}).items()}
 
     def _usable(self, vectors: Tensor | None) -> Tensor | None:
-        if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != self.hessian.size:
+        if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != self.hessian.local_size:
             return None
         return vectors.to(device=self.hessian.device, dtype=self.hessian.dtype)
 
@@ -281,5 +290,6 @@ def _eigen_metrics(prefix: str, result, value: bool = True) -> dict[str, float]:
     return metrics
 
 
-def _finite(vectors: Tensor | None) -> Tensor | None:
-    return vectors if vectors is not None and bool(torch.isfinite(vectors).all()) else None
+def _finite(op: Any, vectors: Tensor | None) -> Tensor | None:
+    """``vectors`` if every entry is finite (on every rank, for sharded vectors), else None."""
+    return vectors if vectors is not None and all_finite(op, vectors) else None

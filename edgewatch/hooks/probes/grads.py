@@ -45,9 +45,12 @@ from torch import Tensor, nn
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from edgewatch import names
+from edgewatch.curvature.sharding import local
 from edgewatch.hooks.probes.blocks import module_key
 
-__all__ = ["GradientRecorder", "HostReduction", "adam_epsilon_fraction", "module_of", "parameter_and_update_norms"]
+__all__ = [
+    "GradientRecorder", "HostReduction", "adam_epsilon_fraction", "module_of", "over_shards", "parameter_and_update_norms",
+]
 
 
 def module_of(name: str) -> str:
@@ -136,7 +139,7 @@ class GradientRecorder:
         fresh, self._fresh, self._queued_in = self._fresh, {}, None
         try:
             indices = [i for i, p in fresh.items() if p.grad is not None]
-            grads = [_dense(fresh[i].grad.detach()) for i in indices]
+            grads = [_dense(local(fresh[i].grad.detach())) for i in indices]
             if grads:
                 self._norms.update(zip(indices, _grouped_norms([grads], _grouped([grads]))))
         except Exception as error:  # noqa: BLE001 - a metric must never break the user's backward()
@@ -168,7 +171,7 @@ class GradientRecorder:
         gradient has a NaN or inf entry); ``scale`` (a loss scale) is divided out. None: no new ones."""
         if not self._norms:
             return None
-        indices = list(self._norms)
+        indices = sorted(self._norms)  # one order on every rank, for over_shards
         values = torch.stack([self._norms[i] for i in indices])
         self._norms = {}
         modules = [self._module_of[i] for i in indices]
@@ -246,6 +249,19 @@ def _grouped_norms(tensor_lists: list[list[Tensor]], groups: list[Group] | None)
     return ordered  # type: ignore[return-value]  # every position is in exactly one group
 
 
+def over_shards(reduction: HostReduction | None, group: object) -> HostReduction | None:
+    r"""Norms of this rank's shards of each tensor (FSDP2) turned into norms of the whole tensors,
+    :math:`\|t\| = \sqrt{\sum_r \|t_r\|^2}`, with one all-reduce; as it is without a ``group``.
+
+    Every rank must call it at the same steps with as many tensors (they hold a shard of each).
+    """
+    if reduction is None or group is None:
+        return reduction
+    squares = reduction.values.double().square()
+    torch.distributed.all_reduce(squares, group=group)
+    return HostReduction(squares.sqrt(), reduction.finish)
+
+
 def parameter_and_update_norms(params: list[Tensor], previous: list[Tensor] | None) -> HostReduction:
     """``param/norm``, and with the parameters before the step ``update/norm`` and ``update/ratio``.
 
@@ -276,8 +292,9 @@ def parameter_and_update_norms(params: list[Tensor], previous: list[Tensor] | No
     return HostReduction(torch.stack(norms), finish)
 
 
-def adam_epsilon_fraction(optimizer: torch.optim.Optimizer) -> Tensor | None:
-    r"""Share of coordinates where :math:`\sqrt{\hat v_t} < ε` (Adam and AdamW; None for others)."""
+def adam_epsilon_fraction(optimizer: torch.optim.Optimizer, shards: object = None) -> Tensor | None:
+    r"""Share of coordinates where :math:`\sqrt{\hat v_t} < ε` (Adam and AdamW; None for others);
+    over the ranks of the process group ``shards`` when the state is sharded (FSDP2)."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         return None
     below, total = [], 0
@@ -289,6 +306,11 @@ def adam_epsilon_fraction(optimizer: torch.optim.Optimizer) -> Tensor | None:
             continue
         # √(v/(1-β2^t)) < ε  ⇔  v < ε²(1-β2^t): no per-parameter copy; one step count per group.
         bound = eps**2 * (1 - beta2 ** float(states[0]["step"]))
-        below += [(state["exp_avg_sq"] < bound).sum() for state in states]
-        total += sum(state["exp_avg_sq"].numel() for state in states)
-    return torch.stack(below).sum() / total if total else None
+        below += [(local(state["exp_avg_sq"]) < bound).sum() for state in states]
+        total += sum(local(state["exp_avg_sq"]).numel() for state in states)
+    if shards is None:
+        return torch.stack(below).sum() / total if total else None
+    counts = torch.stack([torch.stack(below).sum().double() if below else torch.zeros((), dtype=torch.float64),
+                          torch.tensor(float(total), dtype=torch.float64)])
+    torch.distributed.all_reduce(counts, group=shards)
+    return counts[0] / counts[1] if counts[1] > 0 else None
