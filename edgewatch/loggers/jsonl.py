@@ -80,7 +80,7 @@ class JsonlLogger(Logger):
         self._named = run_dir is not None
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
         self._files: dict[str, IO[str]] = {}
-        self._written_until = {"metrics": 0, "events": 0}  # steps already in the files at start
+        self._written_until = {"metrics": -1, "events": -1}  # steps already in the files at start (-1: none)
 
     def start(self, meta: Mapping[str, Any]) -> None:
         resuming = bool(meta.get("step"))
@@ -168,13 +168,14 @@ def _holds_records(run_dir: Path) -> bool:
 
 
 def _last_step(path: Path) -> int:
-    """The step of the last complete record in a ``.jsonl`` file (0 if none), after cutting off a torn last line.
+    """The step of the last complete record in a ``.jsonl`` file (-1 if none: step 0, measured at
+    attach time, is a step like any other), after cutting off a torn last line.
 
     Read from the end, so a long run resumes at once; a line that does not parse (a disk that
     filled up mid-write, then freed) is passed over rather than stopping the run.
     """
     if not path.exists():
-        return 0
+        return -1
     with path.open("rb+") as file:
         size = file.seek(0, os.SEEK_END)
         tail_start = max(0, size - (1 << 16))
@@ -191,7 +192,7 @@ def _last_step(path: Path) -> int:
             return int(json.loads(line)["step"])
         except (ValueError, KeyError, TypeError):
             continue
-    return 0
+    return -1
 
 
 def jsonable(value: Any) -> Any:

@@ -344,3 +344,24 @@ def test_closing_records_the_end_of_the_run_and_a_resume_clears_it(tmp_path):
     assert "ended" not in json.loads((tmp_path / "run" / "meta.json").read_text())
     again.close()
     assert "ended" in json.loads((tmp_path / "run" / "meta.json").read_text())
+
+
+def test_step_0_measured_at_attach_reaches_the_run_directory(tmp_path):
+    """The default budget schedule measures θ_0 when the Monitor attaches: that record is step 0 of
+    metrics.jsonl (a fresh file once counted as already holding step 0, and dropped it)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    loss_fn = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    monitor = ew.Monitor(model, optimizer, loss_fn, [batch], run_dir=tmp_path).attach()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = loss_fn(model, batch)
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+    monitor.close()
+    records = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    assert records[0]["step"] == 0 and "curvature/lambda_max" in records[0]
+    assert [r["step"] for r in records] == sorted({r["step"] for r in records})
