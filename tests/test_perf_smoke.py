@@ -1,8 +1,9 @@
 """Quick smoke run of the performance benchmarks (the real run is `make bench-perf`, results in benchmarks/PERFORMANCE.md).
 
 Every script runs its whole code path on tiny workloads: the peers that are installed (make test
-installs them all), HVP costs, warm starts, the Monitor's overhead, and the Monitor at its defaults
-(overhead.py: bare against watched, streamed points against tight full solves). The numbers are not checked
+installs them all), HVP costs, warm starts, the Monitor's overhead, the Monitor at its defaults
+(overhead.py: bare against watched, streamed points against tight full solves), and finite-difference
+HVPs (finite_difference.py: accuracy against double backward, cost and memory on a transformer). The numbers are not checked
 here, only that each script ran, printed its tables and wrote its JSON, and that a smoke run leaves
 PERFORMANCE.md alone.
 """
@@ -23,12 +24,13 @@ def test_perf_benchmarks_smoke_run(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf" / "run_all.py"), "--smoke", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("peers", "costs", "overhead"):
+    for name in ("peers", "costs", "overhead", "finite_difference"):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["benchmark"] == name and data["smoke"] is True and data["results"]
         assert f"== {name}: " in result.stdout
     assert "edgewatch" in result.stdout and "Monitor overhead" in result.stdout
     _check_overhead(json.loads((tmp_path / "overhead.json").read_text()), result.stdout)
+    _check_finite_difference(json.loads((tmp_path / "finite_difference.json").read_text()), result.stdout)
     assert (PERFORMANCE_MD.stat().st_mtime_ns if PERFORMANCE_MD.exists() else None) == before
 
 
@@ -53,6 +55,25 @@ def _check_overhead(data, stdout):
         for summary in accuracy["summary"].values():
             assert {"compared", "median_error", "max_error", "within_residual"} <= set(summary)
         assert {"streaming_points", "ratio", "met"} <= set(by_part["points_per_budget"][name])
+
+
+def _check_finite_difference(data, stdout):
+    """finite_difference.py printed both tables; its JSON has every model's accuracy runs and every
+    method's cost at two sequence lengths (numbers unchecked)."""
+    assert "Finite-difference accuracy" in stdout and "Finite-difference cost on the transformer" in stdout
+    accuracy = {r["model"]: r for r in data["results"] if r["part"] == "accuracy"}
+    assert set(accuracy) == {"mlp", "cnn_bn_relu", "cnn_bn_gelu", "transformer"}
+    for record in accuracy.values():
+        assert record["truth"]["eigenvalues"]
+        for run in ("fd_float32", "fd_bfloat16", "fd_float64", "db_float32"):
+            assert "error" in record[run] or {"lambda1_error", "top5_max_error", "fd_error", "converged"} <= set(record[run])
+        assert "met" in record["fd_float32"]  # the float32 target is judged on every model
+    cost = [r for r in data["results"] if r["part"] == "cost"]
+    assert {(r["method"], r["seq"]) for r in cost} == {(m, t) for m in ("finite_difference", "double_backward")
+                                                       for t in {r["seq"] for r in cost}}
+    assert len({r["seq"] for r in cost}) == 2
+    for record in cost:
+        assert record["seconds"]["hvp"] > 0 and "solve" in record["peak_mib"] and record["kernels_hvp"]
 
 
 def test_markdown_is_rebuilt_from_the_recorded_output_with_the_current_docstrings(tmp_path, monkeypatch):

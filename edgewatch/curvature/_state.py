@@ -5,7 +5,8 @@ through the user's model; left unguarded these would flip train/eval modes, adva
 (dropout), update BatchNorm running statistics, write ``.grad`` and run under the user's autocast.
 The operators avoid the BatchNorm and ``.grad`` effects by construction (they differentiate
 detached copies with ``torch.autograd.grad`` and never hand the model's own buffers to a forward
-pass); this module handles the rest.
+pass; where that cannot work, under FSDP2 and activation checkpointing, they set ``.grad`` aside and
+restore the buffers from a copy); this module handles the rest.
 """
 
 from __future__ import annotations
