@@ -176,3 +176,22 @@ def test_hugging_face_activation_checkpointing(reentrant):
           f"relative difference {error:.1e} from the same method without checkpointing (fd_error {op.fd_error})")
     assert op.method == method and error <= 1e-6
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_loss_that_raises_mid_product_leaves_the_checkpointed_model_as_it_was():
+    """Through the model's own passes the parameters are shifted in place and .grad is set aside:
+    both are back, bit for bit, when the loss raises between the gradients of a product."""
+    model = Checkpointed(reentrant=True, batchnorm=True)
+    state = with_user_state(model)
+    calls = [0]
+
+    def failing(m, batch):
+        calls[0] += 1
+        if calls[0] == 6:  # inside the first product, after the plain gradient found native passes were needed
+            raise RuntimeError("loss failed")
+        return cases.cross_entropy(m, batch)
+
+    op = HessianOperator(model, failing, probe(), method="finite_difference")
+    with pytest.raises(RuntimeError, match="loss failed"):
+        op(torch.ones(op.size))
+    assert op.native_gradients and untouched(model, state)
