@@ -19,6 +19,7 @@ import cases
 from edgewatch.curvature import HessianOperator, lanczos
 from edgewatch.curvature._krylov import LanczosProcess
 from edgewatch.hooks.monitor import Monitor
+from edgewatch.loggers import read_jsonl
 from shards import batch, probe_shard, union
 from spawning import run_ranks
 
@@ -109,8 +110,29 @@ def train(rank: int, watched: bool) -> dict:
             "latest": latest, "grad_norm": grad_norms, "full": full}
 
 
+def train_on_budget(rank: int, runs_root: str) -> dict:
+    """The Monitor at its defaults (the budget schedule, θ_0 measured at attach), hooked into the
+    optimizer: both ranks take the same curvature points, and only rank 0 writes a run directory."""
+    os.environ["EDGEWATCH_DIR"] = runs_root
+    net = sharded()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monitor = Monitor(net, optimizer, cases.cross_entropy, probe_shard(rank)).attach()
+    for step in range(1, 9):
+        optimizer.zero_grad()
+        loss = cases.cross_entropy(net, batch(step, rank))
+        loss.backward()
+        monitor.observe(loss)
+        optimizer.step()
+    monitor.close()
+    return {"curvature_steps": list(monitor.history["curvature/lambda_max"].steps),
+            "events": [(e.kind, e.step) for e in monitor.events], "logits": "logits/max" in monitor.latest}
+
+
 def _worker(rank: int, world_size: int, out: str) -> None:
-    results = {"operator": measure_operator(rank), "plain": train(rank, False), "watched": train(rank, True)}
+    results = {"operator": measure_operator(rank), "plain": train(rank, False), "watched": train(rank, True),
+               "budget": train_on_budget(rank, os.path.join(out, "runs"))}
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
@@ -118,7 +140,19 @@ def _worker(rank: int, world_size: int, out: str) -> None:
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
     run_ranks(_worker, str(out))
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+    results = [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+    results[0]["runs"] = sorted((out / "runs").iterdir())
+    return results
+
+
+def test_at_its_defaults_the_monitor_agrees_across_ranks_and_rank_0_logs(ranks):
+    rank0, rank1 = ranks[0]["budget"], ranks[1]["budget"]
+    print(f"curvature points at steps {rank0['curvature_steps']}")
+    assert rank0["curvature_steps"][0] == 0 and rank0["curvature_steps"] == rank1["curvature_steps"]
+    assert rank0["events"] == rank1["events"] and rank0["logits"]
+    assert len(ranks[0]["runs"]) == 1  # one run directory, rank 0's
+    steps = [record["step"] for record in read_jsonl(ranks[0]["runs"][0] / "metrics.jsonl")]
+    assert steps[0] == 0
 
 
 def whole(parts_by_rank: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
