@@ -23,6 +23,22 @@ Lanczos solve, to keep the Hessian cheap): its logit probe wraps SDPA to log ``a
 ``attn/entropy_min``, ``logits/log_z_mean``; ``curvature/probe_loss`` at the last step is the
 held-out loss used here (minus the Monitor's ``logits/z_loss`` for the z-loss run, the same term).
 
+Measurement convention. The probe's numbers of step t (logits, attention, probe loss, curvature) are
+measured after update t, at θ_t (README, docs/math.md §5), on the fixed held-out probe batch:
+``logits/log_z_mean`` is the mean over its 8·64 positions of log Z = logsumexp_j y_j of the output
+logits y, the quantity z-loss penalizes; ``attn/max_logit`` is the largest |q·k/√d| over every
+attention call, head and position (both layers: the paper's Figure 2 reports layer 0, "which we
+typically observe to have the largest logit values"). What the paper says of (2), §3.1.2: "This instability occurs when the logits diverge and
+become very negative, as illustrated in Figure 4 for a 2.4M parameter model at learning rate 0.1. In
+contrast to the attention logit growth instability, this divergence occurs towards the end of
+training"; and it occurs "in models with no weight decay regardless of scale, and z-loss resolves
+this instability". "The end of training" there is of runs whose "default number of total steps is
+1e5" after a "default warmup [of] 5e3 steps" (§2.1), with gradient clipping at global norm 1 (not
+used here). Logits that all become very negative make log Z very negative; the criterion below
+(|log Z| ≥ 20, or the Monitor's ``output_logit_divergence`` event) was set before the runs and is
+kept: nothing here moves log Z away from log 256 = 5.5 at all (see below), so another threshold for
+"far" would not change the verdict.
+
 Criteria and what the full run measured (seed 0; seed 1 in brackets):
 
 - attention logit growth, no qk-layernorm: final max attention logit at η = 0.3 ≥ 10× that at
@@ -55,7 +71,8 @@ over 250 steps): with and without it the η = 0.3 qk-layernorm run ends at 2.655
 qk-layernorm and at η = 0.3 with it, so entropy collapse of *some* query does not separate good runs
 from bad ones at this scale; the max logit does.
 
-Time: full run 127-200 s wall on a 2-core machine shared with other jobs (78-86 s of CPU, one thread);
+Time: full run 127-324 s wall on a 2-core machine shared with other jobs (324 s at load ≈ 5; 78-86 s of
+CPU, one thread);
 --smoke (6 steps per run, one probe) ~6 s of CPU. The corpus is this machine's stdlib, so numbers move a
 little between Python versions.
 
