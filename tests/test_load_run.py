@@ -147,3 +147,14 @@ def test_a_run_that_is_still_writing_is_read_as_far_as_it_is_whole(tmp_path):
         file.write('{"step": 3, "loss": 0.')
     run = ew.load_run(path)
     assert run.steps.tolist() == [0, 1, 2] and math.isclose(run.series("loss").values[-1], 1.0)
+
+
+def test_a_corrupt_line_is_skipped_and_said_so_in_the_notes(tmp_path):
+    """A line that is not JSON (a disk that filled up mid-write) costs that record only, and the
+    run's notes say which line: the reader once swallowed it without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    loaded = ew.load_run(run)
+    assert list(loaded.metrics["loss"].steps) == [1, 3]
+    assert any("metrics.jsonl: line 2 is not valid JSON" in note for note in loaded.notes), loaded.notes

@@ -213,18 +213,18 @@ def _read_meta(path: Path, notes: list[str]) -> dict[str, Any]:
 
 
 def _records(path: Path, notes: list[str]) -> Iterator[dict[str, Any]]:
-    """The dict records of a ``.jsonl`` file with an integer ``step``; a corrupt line ends the file."""
+    """The dict records of a ``.jsonl`` file with an integer ``step``; a line that is not valid JSON
+    is skipped, and said so in ``notes``."""
     if not path.is_file():
         return
-    count = 0
-    try:
-        for record in read_jsonl(path):
-            count += 1
-            step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
-                yield {**record, "step": int(step)}
-    except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
-        notes.append(f"{path.name}: record {count + 1} is not valid JSON ({error}); read the {count} before it")
+
+    def skipped(line: int, error: ValueError) -> None:
+        notes.append(f"{path.name}: line {line} is not valid JSON ({error}); skipped")
+
+    for record in read_jsonl(path, skipped):
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
+            yield {**record, "step": int(step)}
 
 
 def _read_metrics(path: Path, notes: list[str]) -> dict[str, Series]:

@@ -18,10 +18,12 @@ adds to the noise floor of every residual.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import re
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -45,9 +47,43 @@ __all__ = ["HVP_METHODS", "HessianOperator"]
 
 HVP_METHODS = ("double_backward", "forward_over_reverse", "finite_difference")
 
-# (model, loss, settings) -> the method "auto" chose, so new operators on the same model (one per
-# probe, say) do not time again.
-_AUTO_CHOICES: dict[tuple, str] = {}
+
+
+class _Choices:
+    """The method "auto" chose per model, loss function and settings, so that new operators on the
+    same model (one per probe, say) do not time again.
+
+    The model is held weakly (an ``id`` is reused by a new object once the old one is gone, and the
+    cache must neither hand a dead model's choice to a new one nor keep models alive), and so is
+    the loss function, which must still be the same object when the choice is read back; one that
+    cannot be referenced weakly is not remembered.
+    """
+
+    def __init__(self) -> None:
+        self._by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, model: nn.Module, loss_fn: LossFn, settings: tuple) -> str | None:
+        entry = self._by_model.get(model, {}).get(settings)
+        if entry is None:
+            return None
+        loss_ref, choice = entry
+        return choice if loss_ref() == loss_fn else None  # == : bound methods are made anew on each access
+
+    def remember(self, model: nn.Module, loss_fn: LossFn, settings: tuple, choice: str) -> None:
+        try:
+            loss_ref = weakref.WeakMethod(loss_fn) if inspect.ismethod(loss_fn) else weakref.ref(loss_fn)
+            self._by_model.setdefault(model, {})[settings] = (loss_ref, choice)
+        except TypeError:  # not weakly referenceable
+            pass
+
+    def clear(self) -> None:
+        self._by_model.clear()
+
+    def __len__(self) -> int:
+        return sum(len(choices) for choices in self._by_model.values())
+
+
+_AUTO_CHOICES = _Choices()
 
 # Number of HVPs a solve is expected to reuse a gradient graph for; amortizes its build cost when
 # "auto" compares methods.
@@ -146,7 +182,7 @@ class HessianOperator(CurvatureOperator):
             method = _sharded_method(method)
         # Across ranks a remembered choice could differ (one rank may have timed this model before,
         # alone), and the ranks would then disagree on whether to time: they always time together.
-        remembered = _AUTO_CHOICES.get(self._signature()) if self.process_group is None else None
+        remembered = _AUTO_CHOICES.get(self.model, self.loss_fn, self._settings()) if self.process_group is None else None
         self._method = remembered if method == "auto" else method
         self._graph: GradientGraph | None = None
         self._graph_key: tuple | None = None
@@ -190,7 +226,7 @@ class HessianOperator(CurvatureOperator):
         self.release()
         self._method = "finite_difference"
         if self.process_group is None:
-            _AUTO_CHOICES[self._signature()] = self._method
+            _AUTO_CHOICES.remember(self.model, self.loss_fn, self._settings(), self._method)
         warnings.warn(
             f"double backward is unavailable for {type(self.model).__name__} ({error}); "
             "method='auto' uses finite-difference HVPs, whose estimated error is op.fd_error",
@@ -317,11 +353,11 @@ class HessianOperator(CurvatureOperator):
             self._graph_key = key
         return self._graph
 
-    def _signature(self) -> tuple:
-        """The model, loss and settings "auto" measured for (new operators on them reuse it)."""
+    def _settings(self) -> tuple:
+        """What besides the model and loss "auto" measured for (new operators alike reuse it)."""
         named = dict(self.model.named_parameters())
         shapes = tuple((name, tuple(named[name].shape)) for name in self.param_names)
-        return id(self.model), id(self.loss_fn), shapes, self.device, self.dtype, self.train, self.reuse_graph
+        return shapes, self.device, self.dtype, self.train, self.reuse_graph
 
     def _choose_method(self) -> None:
         """Time each method on a random vector (best of a few products); keep double backward unless
@@ -334,7 +370,7 @@ class HessianOperator(CurvatureOperator):
         if self.device.type == "cpu" and self.reuse_graph and not _AUTO_TIMES_CPU:
             self._method = "double_backward"
             if self.process_group is None:
-                _AUTO_CHOICES[self._signature()] = self._method
+                _AUTO_CHOICES.remember(self.model, self.loss_fn, self._settings(), self._method)
             return
         error: Exception | None = None
         try:
@@ -356,7 +392,7 @@ class HessianOperator(CurvatureOperator):
             self.release()  # the timing graph
         self._method = choice
         if self.process_group is None:
-            _AUTO_CHOICES[self._signature()] = choice
+            _AUTO_CHOICES.remember(self.model, self.loss_fn, self._settings(), choice)
         if error is not None:
             raise error
 

@@ -23,7 +23,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,23 +142,28 @@ class JsonlLogger(Logger):
             _write_atomically(meta_path, json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+def read_jsonl(
+    path: str | os.PathLike, skipped: Callable[[int, ValueError], None] | None = None
+) -> Iterator[dict[str, Any]]:
     """The records of a ``.jsonl`` file, non-finite strings back as floats.
 
     A torn last line (the one being written when the process stopped) is skipped; so is a line
-    that does not parse, with one warning per file that counts them.
+    that does not parse: ``skipped(line_number, error)`` is told of each one, or, without it, one
+    warning per file counts them.
     """
     unreadable = 0
     with open(path, encoding="utf-8", errors="replace") as file:
-        for line in file:
+        for number, line in enumerate(file, start=1):
             if not line.endswith("\n"):
                 break
             if line.strip():
                 try:
                     yield _from_json(json.loads(line))
-                except ValueError:
+                except ValueError as error:
                     unreadable += 1
-    if unreadable:
+                    if skipped is not None:
+                        skipped(number, error)
+    if unreadable and skipped is None:
         warnings.warn(f"edgewatch: skipped {unreadable} unreadable line(s) in {path}", stacklevel=2)
 
 

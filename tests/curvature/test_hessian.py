@@ -285,3 +285,20 @@ def _offsets(model):
         offsets.append(start)
         start += p.numel()
     return offsets
+
+
+def test_the_auto_choice_is_held_weakly_and_only_for_the_same_loss():
+    """The remembered choice dies with its model (ids are reused by new objects), and a different
+    loss function on the same model is measured for anew."""
+    import gc
+
+    hessian_module._AUTO_CHOICES.clear()
+    model = cases.mlp(hidden=8)
+    op = HessianOperator(model, cases.cross_entropy, [cases.digits(32)])
+    op(torch.ones(op.size))
+    assert len(hessian_module._AUTO_CHOICES) == 1
+    assert HessianOperator(model, cases.cross_entropy, [cases.digits(32)]).method == op.method  # remembered
+    assert HessianOperator(model, lambda m, b: cases.cross_entropy(m, b), [cases.digits(32)]).method is None
+    del op, model
+    gc.collect()
+    assert len(hessian_module._AUTO_CHOICES) == 0

@@ -284,3 +284,19 @@ def test_the_monitor_keys_per_module_metrics_by_block_unless_asked_for_leaves():
 def test_the_monitor_refuses_an_unknown_module_metrics():
     with pytest.raises(ValueError, match="module_metrics"):
         _watched_nested("modules")
+
+
+def test_the_epsilon_share_under_amsgrad_reads_the_running_maximum():
+    """AMSGrad divides by max v̂, not by the current v̂: where v has decayed below ε² but its maximum
+    has not, ε does not dominate the step."""
+    from edgewatch.hooks.probes.grads import adam_epsilon_fraction
+
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.Adam([parameter], lr=0.1, amsgrad=True)
+    parameter.grad = torch.ones(4)
+    optimizer.step()
+    state = optimizer.state[parameter]
+    state["exp_avg_sq"].zero_()  # the current second moment gone, its maximum still 1e-3
+    assert float(adam_epsilon_fraction(optimizer)) == 0.0
+    optimizer.param_groups[0]["amsgrad"] = False
+    assert float(adam_epsilon_fraction(optimizer)) == 1.0  # what the old reading saw

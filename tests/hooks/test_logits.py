@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.functional import scaled_dot_product_attention as attention_imported_by_name
 
 import cases
 from edgewatch.hooks.probes.logits import LogitRecorder, output_logit_metrics
@@ -172,3 +173,29 @@ def test_attention_is_named_by_the_module_that_made_the_call():
         causal = torch.ones(5, 5, dtype=torch.bool).tril()
         expected = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~causal, 0.0).abs().max()
     torch.testing.assert_close(metrics["attn/max_logit/layers.0.attn"], expected)
+
+
+class ImportsAttentionByName(nn.Module):
+    """Calls scaled_dot_product_attention through a name of this module's own (imported above), as
+    code that did ``from torch.nn.functional import scaled_dot_product_attention`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return attention_imported_by_name(q, k, v)
+
+
+def test_attention_imported_by_name_is_recorded_too():
+    model = ImportsAttentionByName()
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
+    recorder = LogitRecorder(model)
+    with torch.no_grad(), recorder.recording():
+        model(x)
+    assert attention_imported_by_name is F.scaled_dot_product_attention  # put back, here and there
+    q, k, _ = model.qkv(x).chunk(3, dim=-1)
+    expected = (q @ k.transpose(-2, -1) / math.sqrt(8)).abs().max()
+    torch.testing.assert_close(recorder.metrics()["attn/max_logit"], expected.detach())

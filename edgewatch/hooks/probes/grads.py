@@ -294,20 +294,22 @@ def parameter_and_update_norms(params: list[Tensor], previous: list[Tensor] | No
 
 def adam_epsilon_fraction(optimizer: torch.optim.Optimizer, shards: object = None) -> Tensor | None:
     r"""Share of coordinates where :math:`\sqrt{\hat v_t} < ε` (Adam and AdamW; None for others);
-    over the ranks of the process group ``shards`` when the state is sharded (FSDP2)."""
+    over the ranks of the process group ``shards`` when the state is sharded (FSDP2). Under AMSGrad
+    the step divides by the running maximum of :math:`\hat v`, which is what is compared."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         return None
     below, total = [], 0
     for group in optimizer.param_groups:
         beta2, eps = group["betas"][1], group["eps"]
         states = [optimizer.state.get(p, {}) for p in group["params"]]
-        states = [state for state in states if "exp_avg_sq" in state]
+        moment = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+        states = [state for state in states if moment in state]
         if not states:
             continue
         # √(v/(1-β2^t)) < ε  ⇔  v < ε²(1-β2^t): no per-parameter copy; one step count per group.
         bound = eps**2 * (1 - beta2 ** float(states[0]["step"]))
-        below += [(local(state["exp_avg_sq"]) < bound).sum() for state in states]
-        total += sum(local(state["exp_avg_sq"]).numel() for state in states)
+        below += [(local(state[moment]) < bound).sum() for state in states]
+        total += sum(local(state[moment]).numel() for state in states)
     if shards is None:
         return torch.stack(below).sum() / total if total else None
     counts = torch.stack([torch.stack(below).sum().double() if below else torch.zeros((), dtype=torch.float64),

@@ -8,7 +8,10 @@ Attention logits :math:`s = q \cdot k / \sqrt{d}` before the softmax (and before
 :math:`\max |s|` per attention call and over all, and the attention entropy
 :math:`H = -\sum p \log p` per query (mean and min, over queries that see at least two keys). Fused SDPA kernels never materialize s, so for
 the probe forward ``torch.nn.functional.scaled_dot_product_attention`` is wrapped to compute it
-from q and k (respecting the causal mask and boolean or additive masks), and
+from q and k (respecting the causal mask and boolean or additive masks): in ``torch.nn.functional``
+and under every name it has in the modules that define the model's layers (a module that did
+``from torch.nn.functional import scaled_dot_product_attention as sdpa`` calls its own reference),
+and
 ``nn.MultiheadAttention`` layers are read from their inputs and in-projection. Hugging Face
 models with ``attn_implementation="eager"`` compute attention by their own matmul in
 ``eager_attention_forward``, which is wrapped the same way (:mod:`.hf_attention`); a transformers
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -100,13 +104,11 @@ class LogitRecorder:
         for module in hf_attention.attention_modules(self.model):
             handles.append(module.register_forward_pre_hook(self._enter_hf_attention))
             handles.append(module.register_forward_hook(self._leave_hf_attention))
-        original = F.scaled_dot_product_attention
-        F.scaled_dot_product_attention = self._sdpa(original)
         try:
-            with hf_attention.eager_recorded(self.model, self._record_eager):
+            with _replaced_in_namespaces(self.model, F.scaled_dot_product_attention, self._sdpa), \
+                    hf_attention.eager_recorded(self.model, self._record_eager):
                 yield
         finally:
-            F.scaled_dot_product_attention = original
             for handle in handles:
                 handle.remove()
             self._inside_mha = 0
@@ -305,3 +307,28 @@ def _find_logits(output: Any) -> Tensor | None:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
     return None
+
+
+@contextlib.contextmanager
+def _replaced_in_namespaces(model: nn.Module, original: Any, wrap: Any) -> Iterator[None]:
+    """``original`` replaced by ``wrap(original)`` in ``torch.nn.functional`` and wherever the modules
+    defining ``model``'s layers hold it under a name of their own, for the duration of the block.
+
+    Replacing the attribute of ``torch.nn.functional`` alone misses code that imported the function
+    by name, which then keeps calling the original.
+    """
+    wrapper = wrap(original)
+    namespaces = {id(vars(F)): vars(F)}
+    for module in model.modules():
+        defining = sys.modules.get(type(module).__module__)
+        if defining is not None:
+            namespaces.setdefault(id(vars(defining)), vars(defining))
+    replaced = [(namespace, name) for namespace in namespaces.values()
+                for name, value in list(namespace.items()) if value is original]
+    for namespace, name in replaced:
+        namespace[name] = wrapper
+    try:
+        yield
+    finally:
+        for namespace, name in replaced:
+            namespace[name] = original
