@@ -296,6 +296,9 @@ def test_attention_logit_growth_by_level_and_by_doubling():
     assert [(e.step, e.severity) for e in events] == [(5, "warning")]  # 27 >= 2 × 12, above the floor 20
     over = feed(attention_logit_growth(), [{"attn/max_logit": v} for v in (90, 95, 120, 130, 80, 150)])
     assert [(e.step, e.severity) for e in over] == [(2, "critical"), (5, "critical")]
+    # a warning does not silence what comes next: the run blowing past the level is reported too
+    runaway = feed(attention_logit_growth(), [{"attn/max_logit": v} for v in (12, 26, 40, 9.9e4, 2e5)])
+    assert [(e.step, e.severity) for e in runaway] == [(1, "warning"), (3, "critical")]
 
 
 def test_output_logit_divergence_by_level():

@@ -32,7 +32,8 @@ __all__ = ["EntropyCollapseDetector", "GrowthDetector", "attention_entropy_colla
 
 class GrowthDetector(Detector):
     """``kind`` when ``metric`` exceeds ``level`` (critical), or reaches ``factor`` × its minimum
-    over the last ``window`` probes while above ``floor`` (warning). Re-arms once back below.
+    over the last ``window`` probes while above ``floor`` (warning). A warning is followed by the
+    critical event when the metric then passes ``level``; re-arms once back below both.
 
     With ``loss`` (a metric measured alongside, e.g. ``curvature/probe_loss``), growth counts only
     when that loss has not fallen by more than ``loss_fall`` (relative) since the window's minimum
@@ -47,7 +48,7 @@ class GrowthDetector(Detector):
         self.loss, self.loss_fall = loss, loss_fall
         self.kinds = (kind,)
         self._recent: deque[tuple[float, float]] = deque(maxlen=window)  # (|metric|, loss or NaN)
-        self._reported = False
+        self._reported: str | None = None  # the severity reported since the metric last came back
 
     def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
         value = metrics.get(self.metric)
@@ -60,11 +61,12 @@ class GrowthDetector(Detector):
         over = value > self.level
         grew = value >= self.floor and low > 0 and value >= self.factor * low and not self._confident(loss, low_loss)
         if not (over or grew):
-            self._reported = False
+            self._reported = None
             return []
-        if self._reported:
+        severity = "critical" if over else "warning"
+        if self._reported == "critical" or self._reported == severity:
             return []
-        self._reported = True
+        self._reported = severity
         if over:
             message = f"{self.metric} = {value:.4g} is above {self.level:g}"
         else:
@@ -74,7 +76,7 @@ class GrowthDetector(Detector):
         values = {self.metric: value, "recent_min": low}
         if self.loss is not None:
             values[self.loss] = loss
-        return [Event(step, self.kind, "critical" if over else "warning", message, values)]
+        return [Event(step, self.kind, severity, message, values)]
 
     def _confident(self, loss: float, low_loss: float) -> bool:
         """The loss fell since the window's minimum: the growth is learning, not divergence."""
@@ -88,10 +90,12 @@ class GrowthDetector(Detector):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._recent.clear()
         if "recent_points" in state:
-            self._recent.extend((float(v), float(l)) for v, l in state["recent_points"])
+            self._recent.extend((float(value), float(loss)) for value, loss in state["recent_points"])
         else:  # a checkpoint from before the loss was kept beside the metric
             self._recent.extend((float(v), math.nan) for v in state.get("recent", []))
-        self._reported = bool(state.get("reported", False))
+        reported = state.get("reported")
+        # a checkpoint from before the severity was kept holds True: whatever it was, say nothing twice
+        self._reported = "critical" if reported is True else (reported if reported in ("warning", "critical") else None)
 
 
 def attention_logit_growth() -> GrowthDetector:
@@ -115,7 +119,8 @@ def output_logit_divergence() -> GrowthDetector:
     away (z-loss prevents it). A classifier becoming confident also grows log Z, but its loss
     falls meanwhile, and fast: the cross-entropy of a correct example falls exponentially in its
     margin, so logits doubling by confidence cut the loss far more than in half (an ordinary digits
-    classifier grew log Z 2.1× while its loss fell 10×); a drift leaves it where it was. Validated on benchmarks/detectors: found in a run whose output
+    classifier grew log Z 2.1× while its loss fell 10×); a drift leaves it where it was. Validated
+    on benchmarks/detectors: found in a run whose output
     bias drifts by 0.5 per step; silent on the healthy classifiers.
     """
     return GrowthDetector(names.LOGITS_LOG_Z_MAX, "output_logit_divergence", level=50.0, floor=10.0,
