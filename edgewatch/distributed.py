@@ -10,7 +10,7 @@ one all-reduce per product combines the shards into the product over their union
     S_r = \sum_{b \in r} |B_b|,
 
 which is exactly :math:`\sum_b w_b \nabla^2 \ell(θ; B_b) v` with :math:`w_b = |B_b| / \sum_{b'} |B_{b'}|`
-over all batches of all ranks (:class:`~edgewatch.curvature._base.CurvatureOperator`). The all-reduced vector carries two more
+over all batches of all ranks (:class:`~edgewatch.curvature.operator.CurvatureOperator`). The all-reduced vector carries two more
 entries, :math:`S_r` (so no rank needs to know the others' shard sizes in advance) and a failure
 flag. The sum is the same on every rank, so every rank runs the same Lanczos iterations from the
 same seed and gets the same eigenpairs, bit for bit; only rank 0 logs.
@@ -31,7 +31,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, Union
 
 import torch
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 __all__ = [
+    "AgreedReduction",
     "DistributedProbeError",
     "GroupSpec",
     "gather",
@@ -100,6 +101,60 @@ def world_size(group: ProcessGroup | None) -> int:
 def is_main_process() -> bool:
     """Global rank 0, or a process outside any process group: the one that logs."""
     return not _initialized() or torch.distributed.get_rank() == 0
+
+
+class AgreedReduction:
+    """Size-weighted all-reduces over a process group whose failures every rank raises together.
+
+    A rank whose local computation raises still joins the all-reduce (with NaN and a failure flag),
+    so no rank is left waiting; :meth:`settle` then raises, on every rank at once, the failing
+    rank's own error there and :class:`DistributedProbeError` elsewhere.
+
+    Args:
+        group: the process group.
+        weight: this rank's weight :math:`S_r` (its number of probe examples).
+    """
+
+    def __init__(self, group: ProcessGroup, weight: float) -> None:
+        self.group, self.weight = group, weight
+        self._failures: Tensor | None = None  # ranks that failed since the last settle (on the device)
+        self._error: Exception | None = None  # this rank's own failure since then
+
+    def all_reduced(self, local: Callable[[], Tensor], length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """:func:`weighted_mean` of ``local()`` ((length,) on this rank); NaN where any rank failed."""
+        try:
+            values, failed = local(), False
+        except Exception as error:  # noqa: BLE001 - re-raised by settle(), on every rank at once
+            if self._error is None:
+                self._error = error
+            values, failed = torch.full((length,), float("nan"), dtype=dtype, device=device), True
+        total, failures = weighted_mean(values, self.weight, failed, self.group)
+        self._failures = failures if self._failures is None else torch.maximum(self._failures, failures)
+        return total
+
+    def settle(self) -> None:
+        """Raise, on every rank at once, a failure any rank had since the last call.
+
+        One host read of the all-reduced failure count: at the start and end of a solve, after a
+        lone product and after a gradient, never per product inside a solve (a failed product is
+        NaN, which stops a solve at its next step anyway).
+        """
+        if self._failures is None:
+            return
+        failures, error = self._failures, self._error
+        self.forget()
+        count = int(failures.item())  # host sync, once per solve
+        if count and error is not None:
+            raise error
+        if count:
+            raise DistributedProbeError(
+                f"edgewatch: the probe failed on {count} of {world_size(self.group)} ranks "
+                "(the failing rank reports its error); every rank abandons it"
+            )
+
+    def forget(self) -> None:
+        """Drop what is pending (when leaving by an exception already)."""
+        self._failures = self._error = None
 
 
 def weighted_mean(local: Tensor, weight: float, failed: bool, group: ProcessGroup) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import _is_tuple_batch
+from edgewatch.curvature.probe_set import is_single_batch
 
 __all__ = ["DEFAULT_BATCHES", "probe_from"]
 
@@ -88,7 +88,7 @@ def _check_batches(batches: Any) -> None:
 
 def _check_loader(loader: Any) -> None:
     # Iterating one batch would split it into rows or fields and make each a "batch".
-    if isinstance(loader, (Tensor, Mapping)) or _is_tuple_batch(loader):
+    if isinstance(loader, (Tensor, Mapping)) or is_single_batch(loader):
         raise TypeError(f"probe_from takes batches from a DataLoader or another iterable of batches, got a single "
                         f"{type(loader).__name__} batch; for one batch you hold, pass probe=[batch]")
     if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):

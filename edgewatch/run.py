@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from edgewatch import names
-from edgewatch._optional import require
 from edgewatch.cli import rundir
 from edgewatch.cli.rundir import RunDirError, Series
+from edgewatch.extras import require
 
 __all__ = ["Run", "RunDirError", "Series", "latest_run_dir", "load_run"]
 

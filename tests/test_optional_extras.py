@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from edgewatch import MissingExtraError
-from edgewatch._optional import require
+from edgewatch.extras import require
 
 EXTRAS = ("wandb", "tensorboard", "mlflow", "lightning", "transformers", "matplotlib", "sklearn", "pandas")
 

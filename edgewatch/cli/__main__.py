@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgewatch import __version__
-from edgewatch._optional import MissingExtraError
 from edgewatch.cli.rundir import RUN_FILES, RunDirError, resolve_run_dir
+from edgewatch.extras import MissingExtraError
+from edgewatch.version import __version__
 
 DESCRIPTION = """\
 Read the run directories edgewatch.Monitor writes (meta.json, metrics.jsonl, events.jsonl) and

@@ -1,5 +1,7 @@
 """The report and compare figures (matplotlib, behind the ``plot`` extra).
 
+One module for both figures: they share panels, axes limits and event markers.
+
 Panels share the step axis and are left out when the run has no data for them. The sharpness
 panel is Cohen et al.'s plot (2021, https://arxiv.org/abs/2103.00065; 2022 for adaptive
 methods, https://arxiv.org/abs/2207.14484): λ_1 against the threshold c/η, dashed, as logged per
@@ -28,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from edgewatch import names
-from edgewatch._optional import require
 from edgewatch.cli.rundir import Run, Series
+from edgewatch.extras import require
 from edgewatch.hooks.events import KINDS, SEVERITIES
 
 __all__ = ["EVENT_PANELS", "RATIO_CAP", "compare_figure", "report_figure"]
@@ -160,7 +162,8 @@ def _sharpness(ax: Any, run: Run) -> None:
         lines = [(raw if len(raw.steps) else precond, "λ_1", {"color": "C0"}),
                  (run.series(names.THRESHOLD), threshold, _DASHED)]
         lines += [(run.series(name), f"λ_{name.rsplit('_', 1)[1]}", {"color": "0.6", "lw": 0.8})
-                  for name in run.names(names.stem(names.LAMBDA_I)) if name.rsplit("_", 1)[1].isdigit() and name != names.family(names.LAMBDA_I, i=1)]
+                  for name in run.names(names.stem(names.LAMBDA_I))
+                  if name.rsplit("_", 1)[1].isdigit() and name != names.family(names.LAMBDA_I, i=1)]
     _lines(ax, lines, **_lambda_cut([run]))
 
 

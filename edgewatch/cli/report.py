@@ -7,7 +7,8 @@ The summary holds what a person asks first about a run: how far it got (``steps`
 optimizer step logged), ``final_loss``, the largest sharpness ``max_lambda`` (λ_1 of H) and
 ``max_precond_lambda`` (λ_1 of P^-½ H P^-½), the largest stability ratio ``max_ratio``
 (r = ηλ/c, 1 = edge of stability) and its step, the step of the first ``eos_reached`` event,
-and the events by kind (``notes`` says what was tolerated while reading). Every string taken from a run is passed through :func:`html.escape`
+and the events by kind (``notes`` says what was tolerated while reading). Every string taken from a
+run is passed through :func:`html.escape`
 before it reaches the HTML page.
 
 Given a runs root instead of a run directory, the latest run under it is reported (see

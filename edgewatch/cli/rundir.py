@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 

@@ -1,21 +1,17 @@
 """Curvature: linear operators over a model's parameters (H v) and the solvers that read them."""
 
 # operators
-from edgewatch.curvature._base import (
-    CurvatureOperator,
-    LinearOperator,
-    MatrixOperator,
-    as_scipy_operator,
-)
-from edgewatch.curvature.hessian import HVP_METHODS, HessianOperator
-from edgewatch.curvature.hvp import GradientGraph, hvp_double_backward, hvp_forward_over_reverse
-from edgewatch.curvature.preconditioned import PreconditionedOperator
-
 # solvers
 from edgewatch.curvature.density import SpectralDensity, spectral_density
+from edgewatch.curvature.hessian import HVP_METHODS, HessianOperator
+from edgewatch.curvature.hvp import GradientGraph, hvp_double_backward, hvp_forward_over_reverse
 from edgewatch.curvature.lanczos import EigenResult, lanczos
+from edgewatch.curvature.linear import LinearOperator, MatrixOperator, as_scipy_operator
 from edgewatch.curvature.noise import hvp_noise
+from edgewatch.curvature.operator import CurvatureOperator
 from edgewatch.curvature.power import power_iteration
+from edgewatch.curvature.preconditioned import PreconditionedOperator
+from edgewatch.curvature.probe_set import LossFn, unwrap_model
 from edgewatch.curvature.refine import refine
 from edgewatch.curvature.trace import TraceResult, hutchinson_trace, hutchpp_trace
 
@@ -26,11 +22,13 @@ __all__ = [
     "HVP_METHODS",
     "HessianOperator",
     "LinearOperator",
+    "LossFn",
     "MatrixOperator",
     "PreconditionedOperator",
     "as_scipy_operator",
     "hvp_double_backward",
     "hvp_forward_over_reverse",
+    "unwrap_model",
     # solvers
     "EigenResult",
     "SpectralDensity",

@@ -20,7 +20,8 @@ with :math:`w_j` the residual set aside at restart j. After a restart the proces
 steered back along a Ritz pair's whole residual (:meth:`LanczosProcess.steer`), which sets the
 pending direction aside in turn. Vectors stay in the operator's dtype and on its device (this
 rank's part of them when the operator's parameters are sharded, :mod:`~edgewatch.curvature.sharding`,
-with every inner product all-reduced); the projected matrix lives on the host in float64 (one small transfer per step, which the stopping test
+with every inner product all-reduced); the projected matrix lives on the host in float64 (one small
+transfer per step, which the stopping test
 needs anyway, and one more for the residuals while directions are set aside).
 
 References:
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature.linear import LinearOperator
 from edgewatch.curvature.sharding import inner, local_length, norm
 
 __all__ = ["LanczosProcess", "project_out"]

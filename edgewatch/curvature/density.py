@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import LanczosProcess
+from edgewatch.curvature.linear import LinearOperator, solver
 from edgewatch.curvature.trace import rademacher
 
 __all__ = ["SpectralDensity", "gaussian_density", "spectral_density"]

@@ -1,6 +1,9 @@
 r"""The Hessian of the probe loss as a linear operator, :math:`v \mapsto Hv`.
 
-:math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (:class:`~edgewatch.curvature._base.CurvatureOperator`), applied by one of
+One module for the three ways to apply it and the choice between them ("auto", its fallbacks and
+their cache): they share the operator's state (the kept gradient graph, the measured error).
+
+:math:`H = \nabla^2 L(θ) = \sum_b w_b \nabla^2 \ell(θ; B_b)` (:class:`~edgewatch.curvature.operator.CurvatureOperator`), applied by one of
 the methods of :mod:`edgewatch.curvature.hvp`. ``method="auto"`` measures both once per model
 and loss and keeps the faster one that agrees with double backward; under ``torch.distributed``
 every rank keeps the same one (the slowest rank's timings decide). On the CPU with the gradient
@@ -29,9 +32,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from edgewatch.curvature._base import _CHECKPOINTING, Batch, CurvatureOperator, LossFn, ParamSpec
 from edgewatch.curvature._state import probe_guard
-from edgewatch.curvature.sharding import local, sum_over_shards
 from edgewatch.curvature.hvp import (
     GradientFn,
     GradientGraph,
@@ -41,6 +42,9 @@ from edgewatch.curvature.hvp import (
     hvp_forward_over_reverse,
     require_graph,
 )
+from edgewatch.curvature.operator import CHECKPOINTING, CurvatureOperator
+from edgewatch.curvature.probe_set import Batch, LossFn, ParamSpec
+from edgewatch.curvature.sharding import local, sum_over_shards
 from edgewatch.distributed import GroupSpec, max_over_ranks
 
 __all__ = ["HVP_METHODS", "HessianOperator"]
@@ -95,6 +99,8 @@ _AUTO_MARGIN = 0.15
 _AUTO_REPEATS = 3
 # Whether "auto" measures on the CPU with the graph reused (a test switch: it never pays there).
 _AUTO_TIMES_CPU = False
+# An fd_error above this makes the products useless for eigenvalues (warned once per operator).
+_FD_UNRELIABLE = 0.02
 # What autograd says when a model's backward cannot itself be differentiated (a kernel without a
 # double-backward formula). A custom Function marked once_differentiable says nothing in torch 2.13:
 # its double-backward products are silently wrong (58% on a digits MLP), so nothing falls back.
@@ -116,7 +122,7 @@ class HessianOperator(CurvatureOperator):
 
     Args:
         model, loss_fn, probe, params, dtype, train, seed, weights, process_group: see
-            :class:`~edgewatch.curvature._base.CurvatureOperator` (under ``torch.distributed``,
+            :class:`~edgewatch.curvature.operator.CurvatureOperator` (under ``torch.distributed``,
             each rank its own probe shard; products are all-reduced).
         method: ``"double_backward"``, ``"forward_over_reverse"`` or ``"auto"``: time both once
             for this model and loss (on a random vector, outside the HVP count), keep the faster
@@ -205,7 +211,7 @@ class HessianOperator(CurvatureOperator):
                 with self._buffers_kept_until_proven():
                     return self._product(v)
             except RuntimeError as error:
-                if self._method == "finite_difference" or not _CHECKPOINTING.search(str(error)):
+                if self._method == "finite_difference" or not CHECKPOINTING.search(str(error)):
                     raise
                 raise RuntimeError(
                     f"method={self._method!r} cannot differentiate through this model's activation checkpointing "
@@ -216,7 +222,7 @@ class HessianOperator(CurvatureOperator):
             with self._buffers_kept_until_proven():
                 return self._product(v)
         except RuntimeError as error:
-            if not (_NO_DOUBLE_BACKWARD.search(str(error)) or _CHECKPOINTING.search(str(error))):
+            if not (_NO_DOUBLE_BACKWARD.search(str(error)) or CHECKPOINTING.search(str(error))):
                 raise
             self._fall_back(error)
         return self._product(v)
@@ -268,6 +274,13 @@ class HessianOperator(CurvatureOperator):
             product = hvp_finite_difference(gradient, params, v, step)
             if self.fd_error is None and step > 0:
                 self.fd_error = self._finite_difference_error(gradient, params, v, product)
+                if not self.fd_error <= _FD_UNRELIABLE:
+                    warnings.warn(
+                        f"finite-difference products of {type(self.model).__name__} err by up to {self.fd_error:.2g} "
+                        "(op.fd_error): the loss has kinks at the step's scale (ReLU, max-pool) or the dtype is too "
+                        "coarse; eigenvalues from them are not converged. Probe in float64 (dtype=torch.float64) "
+                        "or with double backward where the model allows it", stacklevel=5,
+                    )
         return product
 
     def _finite_difference_error(

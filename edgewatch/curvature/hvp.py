@@ -141,7 +141,7 @@ def finite_difference_step(
     quarter and half, 6e-4 at the whole, on a small GPT-2; 1.7e-5 at half, 2.5e-5 at the whole on
     an MLP with BatchNorm), and random directions, where rounding dominates, keep 1.4e-4 to
     1.7e-4. Dividing by :math:`\|v\|` makes the product homogeneous in
-    v (:math:`D(cv) = c\,D(v)` up to rounding) and the step :math:`\|εv\| = \mathrm{eps}^{1/3}(1 +
+    v (:math:`D(cv) = c\,D(v)` up to rounding) and the step :math:`\|hv\| = \tfrac12\mathrm{eps}^{1/3}(1 +
     \|θ\|_{\mathrm{rms}})` the same for every direction; the factor :math:`1 +
     \|θ\|_{\mathrm{rms}}` (:math:`\|θ\|/\sqrt{n}`, a typical coordinate) is the vector form of the
     scalar rule :math:`h = c \max(1, |x|)`, so that the step stays above the roundings of θ when

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import LanczosProcess
+from edgewatch.curvature.linear import LinearOperator, solver
 from edgewatch.curvature.noise import hvp_noise
 from edgewatch.curvature.sharding import all_finite, column_norms, local_length, norm
 
@@ -40,6 +40,8 @@ WHICH = ("LA", "SA", "LM", "BE")
 
 # Relative weight of the random vector mixed into a warm start.
 _WARM_NOISE = 1e-2
+# The coarsest relative resolution of the products (5 times their noise level) a solve may call converged.
+_RESOLVED = 0.1
 
 
 class EigenResult(NamedTuple):
@@ -81,7 +83,7 @@ def lanczos(
     r"""k eigenpairs of a symmetric operator, with residuals and a converged flag.
 
     Args:
-        op: any symmetric :class:`~edgewatch.curvature._base.LinearOperator` (e.g.
+        op: any symmetric :class:`~edgewatch.curvature.linear.LinearOperator` (e.g.
             :class:`~edgewatch.curvature.hessian.HessianOperator`).
         k: how many eigenpairs, ``1 <= k <= n``.
         which: ``"LA"`` largest algebraic (sharpness: λ_1 ≥ λ_2 ≥ …, descending), ``"SA"``
@@ -92,7 +94,9 @@ def lanczos(
             rounding noise (:math:`r \le 4ρ\max|θ|`, ρ from
             :func:`~edgewatch.curvature.noise.hvp_noise`, at least the dtype's eps), which no
             further HVP can improve on: eigenvalues at 0 converge, and a tol finer than the
-            products resolve is met at that resolution (the residuals returned show which).
+            products resolve is met at that resolution (the residuals returned show which), as
+            long as that resolution, 5ρ, is within 10%: noisier products (finite differences
+            through ReLU kinks, or in bfloat16) stop there unconverged.
         max_hvps: HVP budget; default ``min(n, max(100, 10 k))``.
         v0: warm start: a flat vector ``(n,)``, or previous Ritz vectors ``(n, j)`` whose
             normalized sum starts the iteration, so every one of them is in the Krylov space,
@@ -113,7 +117,8 @@ def lanczos(
     matters.
 
     Returns:
-        :class:`EigenResult`. ``converged=False`` means the budget ran out first; the
+        :class:`EigenResult`. ``converged=False`` means the budget ran out first, or the
+        products are too noisy to resolve the eigenvalues to 10% (5ρ > 0.1); the
         eigenvalues are then the best Ritz values found, with their (too large) residuals, and a
         residual then bounds the distance from θ_i to the *nearest* eigenvalue of H, which need
         not be λ_i (a Krylov space that has not yet seen the top eigenvector gives a θ_1 near λ_2
@@ -169,6 +174,10 @@ def lanczos(
         floor = level * np.abs(theta).max()
         residuals = all_residuals[chosen] + floor
         bar = np.maximum(tol * np.abs(theta[chosen]), 5 * floor)
+        # Products too noisy to resolve the top eigenvalue to _RESOLVED (finite differences through
+        # ReLU kinks, or in bfloat16) stop the solve at their floor, which no HVP improves on, but
+        # are not called converged: the residual says how little is known.
+        resolved = 5 * level <= _RESOLVED
         met = process.size >= k and bool(np.all(residuals <= bar))
         converged = False
         if verifying_from is not None:
@@ -205,7 +214,7 @@ def lanczos(
         eigenvalues=torch.as_tensor(theta[chosen], dtype=torch.float64),
         eigenvectors=eigenvectors,
         residuals=torch.as_tensor(residuals, dtype=torch.float64),
-        converged=converged,
+        converged=converged and resolved,
         num_hvps=process.size,
     )
 

@@ -50,7 +50,7 @@ import weakref
 
 import torch
 
-from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature.linear import LinearOperator
 from edgewatch.curvature.sharding import local_length, norm
 
 __all__ = ["hvp_noise"]
@@ -89,7 +89,7 @@ def hvp_noise(op: LinearOperator, *, refresh: bool = False) -> float:
     products round. So a streamed probe of the preconditioned sharpness spends no product here.
 
     Args:
-        op: a symmetric :class:`~edgewatch.curvature._base.LinearOperator`.
+        op: a symmetric :class:`~edgewatch.curvature.linear.LinearOperator`.
         refresh: measure again (two products) and keep the new level.
 
     Example:

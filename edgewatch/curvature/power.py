@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import project_out
 from edgewatch.curvature.lanczos import EigenResult
+from edgewatch.curvature.linear import LinearOperator, solver
 
 __all__ = ["power_iteration"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator
+from edgewatch.curvature.linear import LinearOperator
 from edgewatch.curvature.sharding import local_length
 
 __all__ = ["PreconditionedOperator"]

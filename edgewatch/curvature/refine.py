@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator, solver
 from edgewatch.curvature._krylov import LanczosProcess
 from edgewatch.curvature.lanczos import EigenResult
+from edgewatch.curvature.linear import LinearOperator, solver
 from edgewatch.curvature.noise import hvp_noise
 from edgewatch.curvature.sharding import local_length, norm
 
@@ -47,7 +47,7 @@ def refine(op: LinearOperator, v: Tensor, *, steps: int = 2, tol: float = 1e-2) 
     eigenpair, stopping at the first step whose residual meets ``tol``.
 
     Args:
-        op: any symmetric :class:`~edgewatch.curvature._base.LinearOperator`.
+        op: any symmetric :class:`~edgewatch.curvature.linear.LinearOperator`.
         v: the kept vector ``(n,)`` or ``(n, j)`` (its first column is used), e.g. the last
             :func:`~edgewatch.curvature.lanczos` result's top eigenvector.
         steps: the most HVPs to spend (≥ 1).

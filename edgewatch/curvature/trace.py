@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import LinearOperator, solver
+from edgewatch.curvature.linear import LinearOperator, solver
 
 __all__ = ["TraceResult", "hutchinson_trace", "hutchpp_trace"]
 

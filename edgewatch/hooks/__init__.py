@@ -1,8 +1,6 @@
 """Hooks: the Monitor, its probes, event detectors and measurement schedules."""
 
 # events
-from edgewatch.hooks.events import KINDS, SEVERITIES, Detector, Event
-
 # detectors
 from edgewatch.hooks.detectors import (
     CatapultDetector,
@@ -11,6 +9,7 @@ from edgewatch.hooks.detectors import (
     SpikeDetector,
     ThresholdDetector,
 )
+from edgewatch.hooks.events import KINDS, SEVERITIES, Detector, Event
 
 # the monitor
 from edgewatch.hooks.monitor import Monitor, StopTraining, default_detectors

@@ -5,33 +5,47 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from edgewatch.curvature._base import _unwrap
+from edgewatch.curvature.probe_set import unwrap_model
 from edgewatch.distributed import world_size
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.optimizers import UnsupportedOptimizerError, stability
+from edgewatch.version import __version__
 
 if TYPE_CHECKING:
-    from edgewatch.hooks.monitor import Monitor
+    from edgewatch.hooks.probes.curvature import CurvatureProbe
 
-__all__ = ["run_meta"]
+__all__ = ["WatchedRun", "run_meta"]
 
 
-def run_meta(monitor: Monitor) -> dict[str, Any]:
+class WatchedRun(Protocol):
+    """What :func:`run_meta` reads of a watched run (the Monitor has it all)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    curvature: CurvatureProbe
+    step_count: int
+    every: int | None
+    curvature_schedule: Any
+    budget: Any
+    detectors: Sequence[Any]
+    stop_on: set[str]
+    process_group: Any
+
+
+def run_meta(monitor: WatchedRun) -> dict[str, Any]:
     """A JSON-ready description of the watched run (written once, when the first record is).
 
     Under ``torch.distributed`` it is written by the logging rank alone, so it holds no collective:
     the probe's batches and examples are that rank's shard, and ``distributed`` says how many
     ranks there are.
     """
-    from edgewatch import __version__
-
-    model, optimizer, probe = _unwrap(monitor.model), monitor.optimizer, monitor.curvature
+    model, optimizer, probe = unwrap_model(monitor.model), monitor.optimizer, monitor.curvature
     parameters = list(model.parameters())
     first = parameters[0] if parameters else torch.empty(())
     meta: dict[str, Any] = {
@@ -50,7 +64,8 @@ def run_meta(monitor: Monitor) -> dict[str, Any]:
         "optimizer": {
             "class": type(optimizer).__name__,
             "groups": [
-                {key: _plain(value) for key, value in group.items() if key != "params"} | {"parameters": sum(p.numel() for p in group["params"])}
+                {key: _plain(value) for key, value in group.items() if key != "params"}
+                | {"parameters": sum(p.numel() for p in group["params"])}
                 for group in optimizer.param_groups
             ],
         },
@@ -60,7 +75,7 @@ def run_meta(monitor: Monitor) -> dict[str, Any]:
             "curvature_parameters": probe.hessian.size,
         },
         "schedules": {
-            "every": monitor._every if monitor._every is not None else "budget",
+            "every": monitor.every if monitor.every is not None else "budget",
             "curvature": _describe(monitor.curvature_schedule),
             "budget": monitor.budget.fraction,
         },

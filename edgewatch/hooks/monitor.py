@@ -1,5 +1,9 @@
 """The Monitor: attach to a training loop, measure on schedule, detect events, change nothing.
 
+One class, longer than most modules here: its hooks share one state (the step, the budget's clock,
+the snapshot for update norms, what was logged), and its parts (probes, detectors, loggers,
+schedules) live in modules of their own.
+
     monitor = Monitor(model, optimizer, loss_fn, probe=probe_batches)
     monitor.attach()          # an optimizer step hook: the loop stays as it is
     ...                       # train; monitor.latest holds the last metrics, monitor.events what happened
@@ -36,9 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from edgewatch import names
-from edgewatch.curvature._base import LossFn, _unwrap
+from edgewatch.curvature.probe_set import LossFn, unwrap_model
 from edgewatch.curvature.sharding import local
 from edgewatch.distributed import GroupSpec, is_main_process, mean_over_ranks, probe_group
+from edgewatch.hooks.budget import PENDING_FIELDS, Budget, Kind
 from edgewatch.hooks.detectors import (
     CatapultDetector,
     EdgeOfStabilityDetector,
@@ -49,13 +54,16 @@ from edgewatch.hooks.detectors import (
     attention_logit_growth,
     output_logit_divergence,
 )
-from edgewatch.hooks.budget import PENDING_FIELDS, Budget, Kind
 from edgewatch.hooks.events import Detector, Event
 from edgewatch.hooks.history import History
 from edgewatch.hooks.meta import run_meta
 from edgewatch.hooks.probes.curvature import CurvatureProbe
 from edgewatch.hooks.probes.grads import (
-    GradientRecorder, HostReduction, adam_epsilon_fraction, over_shards, parameter_and_update_norms,
+    GradientRecorder,
+    HostReduction,
+    adam_epsilon_fraction,
+    over_shards,
+    parameter_and_update_norms,
 )
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.hooks.validation import check_every, check_monitor_settings, check_stop_on, check_trainable, curvature_schedule
@@ -251,7 +259,7 @@ class Monitor:
         self._shards = self.curvature.hessian.shard_group
         self._previous = [local(p).detach().clone() for p in self._params] if track_updates else None
         self._loss: Tensor | None = None
-        self._named = _unwrap(model)  # names as in the module itself, not "module.…" of a DDP wrapper
+        self._named = unwrap_model(model)  # names as in the module itself, not "module.…" of a DDP wrapper
         self.module_metrics = module_metrics
         self._recorder: GradientRecorder | None = GradientRecorder(self._named, self._params, module_metrics, clock=self._clock)
         self._arm()
@@ -271,6 +279,11 @@ class Monitor:
         self._step_own = 0.0  # this step's own time outside curvature probes
         self._warned_schedule = False
         self._device_sync = _synchronizer(self.curvature.hessian.device)
+
+    @property
+    def every(self) -> int | None:
+        """Cheap metrics every this many steps, or None when the budget paces them."""
+        return self._every
 
     @property
     def step_count(self) -> int:

@@ -23,14 +23,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from edgewatch.curvature._base import check_loss_fn, check_probe_batches, check_seed, check_train
 from edgewatch.curvature.hessian import check_method
+from edgewatch.curvature.probe_set import check_loss_fn, check_probe_batches, check_seed, check_train
 from edgewatch.distributed import probe_group
 from edgewatch.hooks.budget import Budget
 from edgewatch.hooks.events import KINDS, Detector
 from edgewatch.hooks.probes.blocks import check_module_metrics
 from edgewatch.hooks.schedule import Schedule
-from edgewatch.loggers._base import LOGGERS, Logger
+from edgewatch.loggers import LOGGERS, Logger
 
 __all__ = [
     "check_callback_arguments",

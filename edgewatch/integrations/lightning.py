@@ -51,14 +51,14 @@ from typing import Any
 
 import torch
 
-from edgewatch._optional import require
-from edgewatch.curvature._base import LossFn
+from edgewatch.curvature.probe_set import LossFn
+from edgewatch.extras import require
 from edgewatch.hooks.validation import check_callback_arguments
 from edgewatch.integrations._adapter import PREFIX, Adapter, run_dir_under
 from edgewatch.loggers import Logger
 
 L = require("lightning", "lightning", what="edgewatch.integrations.lightning")
-from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402 - after require() names the extra
 
 __all__ = ["EdgewatchCallback", "TrainerLoggers", "training_step_loss"]
 

@@ -63,15 +63,15 @@ from typing import Any
 
 import torch
 
-from edgewatch._optional import require
-from edgewatch.curvature._base import LossFn
+from edgewatch.curvature.probe_set import LossFn
+from edgewatch.extras import require
 from edgewatch.hooks.validation import check_callback_arguments
 from edgewatch.integrations._adapter import PREFIX, Adapter, EventsOnly, any_rank, run_dir_under
 from edgewatch.loggers import Logger, WandbLogger, make_logger
 
 transformers = require("transformers", "transformers", what="edgewatch.integrations.transformers")
 send_to_device = require("accelerate.utils", "transformers", what="edgewatch.integrations.transformers").send_to_device
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402 - after require() names the extra
 
 __all__ = ["STATE_FILE", "EdgewatchCallback", "model_loss"]
 

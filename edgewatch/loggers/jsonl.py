@@ -12,7 +12,8 @@ being written (a torn last line is cut off when the directory is opened again). 
 resumes (its first step is past 0) into a directory that already holds records appends to it,
 and steps already written are not written again; a new run (from step 0) never mixes its records
 with an old run's: it goes to the first free ``DIR-2``, ``DIR-3``, ... with a warning that says so.
-An unreadable ``meta.json`` is moved aside (``meta.json.unreadable``), not lost. Non-finite numbers, which JSON cannot hold, are written as the strings
+An unreadable ``meta.json`` is moved aside (``meta.json.unreadable``), not lost. Non-finite
+numbers, which JSON cannot hold, are written as the strings
 ``"nan"``, ``"inf"`` and ``"-inf"``; :func:`read_jsonl` turns them back into floats.
 """
 

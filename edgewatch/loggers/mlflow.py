@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from edgewatch import names
-from edgewatch._optional import require
+from edgewatch.extras import require
 from edgewatch.loggers._base import Logger
 from edgewatch.loggers.jsonl import jsonable, runs_root
 
@@ -103,7 +103,8 @@ class MlflowLogger(Logger):
             self.run_id, self._owned = self.client.create_run(experiment_id, run_name=self.run_name).info.run_id, True
         # A param cannot change once logged: those already in the run (a resumed run) stay as they were.
         logged = self.client.get_run(self.run_id).data.params
-        params = {mlflow_name(names.prefixed(key))[:MAX_ENTITY_KEY_LENGTH]: value[:MAX_PARAM_VAL_LENGTH] for key, value in _flatten(jsonable(meta))}
+        params = {mlflow_name(names.prefixed(key))[:MAX_ENTITY_KEY_LENGTH]: value[:MAX_PARAM_VAL_LENGTH]
+                  for key, value in _flatten(jsonable(meta))}
         self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in params.items() if key not in logged])
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgewatch import names
-from edgewatch._optional import require
+from edgewatch.extras import require
 from edgewatch.loggers._base import Logger
 from edgewatch.loggers.jsonl import runs_root
 

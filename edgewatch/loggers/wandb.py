@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgewatch import names
-from edgewatch._optional import require
+from edgewatch.extras import require
 from edgewatch.loggers._base import Logger
 
 __all__ = ["EVENT_COLUMNS", "STEP_METRIC", "WandbLogger"]

@@ -11,11 +11,11 @@ from edgewatch.optimizers._base import (
 from edgewatch.optimizers.adagrad import AdagradAdapter
 from edgewatch.optimizers.adam import AdamAdapter, AdamWAdapter
 from edgewatch.optimizers.adam_atan2 import AdamAtan2, AdamAtan2Adapter
-from edgewatch.optimizers.rmsprop import RMSpropAdapter
-from edgewatch.optimizers.sgd import SGDAdapter
 
 # registry
 from edgewatch.optimizers.registry import adapter_for, register_adapter, registered_optimizers
+from edgewatch.optimizers.rmsprop import RMSpropAdapter
+from edgewatch.optimizers.sgd import SGDAdapter
 
 # thresholds and the preconditioned operator
 from edgewatch.optimizers.stability import GroupStability, Stability, preconditioned_operator, stability

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from edgewatch.curvature._base import CurvatureOperator
+from edgewatch.curvature.operator import CurvatureOperator
 from edgewatch.curvature.preconditioned import PreconditionedOperator
 from edgewatch.curvature.sharding import local, sum_over_shards
 from edgewatch.optimizers._base import OptimizerStateError

@@ -216,3 +216,13 @@ def test_finite_differences_keep_the_models_attention_kernel():
         kernels[method] = set(seen)
     assert kernels == {"double_backward": {False}, "finite_difference": {True}}
     assert torch.backends.cuda.flash_sdp_enabled()  # and the switch is back as it was
+
+
+def test_products_through_relu_kinks_warn_and_never_converge():
+    """Float32 central differences through ReLU and max-pool err by O(1): the operator says so once,
+    and lanczos stops at that noise floor without calling the result converged."""
+    x, y = cases.digits(64)
+    op = HessianOperator(cases.cnn_bn(seed=0), cases.cross_entropy, [(x.view(-1, 1, 8, 8), y)], method="finite_difference")
+    with pytest.warns(UserWarning, match="finite-difference products of .* err by up to"):
+        result = lanczos(op, k=1, tol=1e-3, max_hvps=60)
+    assert op.fd_error > 0.1 and not result.converged

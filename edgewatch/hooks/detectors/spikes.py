@@ -1,5 +1,7 @@
 r"""Spikes in a scalar series (loss, gradient norm), and catapults: a loss rise that comes back down as λ_1 falls.
 
+One module for both: a catapult is judged on the same running statistics of the loss as a spike.
+
 A value is a spike when it lies more than ``sigmas`` standard deviations above the mean of the
 last ``window`` values (default 6σ over 128 steps) and at least ``min_rise`` above that mean in
 relative terms (default +50%), or above ``factor`` times the largest value seen so far (default

@@ -1,5 +1,7 @@
 r"""Cheap per-step metrics: gradient, parameter and update norms, Adam's ε share, non-finite gradients.
 
+One module for the per-step norms: they share the grouped multi-tensor kernels and the host reduction.
+
 Gradients are read at the end of the backward pass that wrote them, so the norm is the one
 *before* any clipping the loop applies between ``backward()`` and ``optimizer.step()``; with
 gradient accumulation the last backward wins, which has the full gradient. Under

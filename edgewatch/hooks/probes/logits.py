@@ -1,5 +1,7 @@
 r"""Output logits and attention logits on the probe batch.
 
+One module for both: one recording of the probe's forward passes reads them together.
+
 Output logits :math:`z \in \mathbb R^V` per token or example: :math:`\max |z|`, the mean and max of
 :math:`\log Z = \operatorname{logsumexp}(z)` (output-logit divergence, Wortsman et al. 2023), PaLM's
 z-loss :math:`10^{-4}\,(\log Z)^2` and the RMS of z.
