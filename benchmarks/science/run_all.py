@@ -34,7 +34,8 @@ FIGURES = HERE.parent / "figures"
 ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 #: In the order of the issue that asked for them; each one a script beside this one.
-BENCHMARKS = ("eos_gd", "adaptive_eos", "momentum_eos", "warmup_normalization", "catapult", "attention_logits")
+BENCHMARKS = ("eos_gd", "adaptive_eos", "momentum_eos", "warmup_normalization", "catapult", "attention_logits",
+              "tiny_subspace", "spectral_density_bn", "adam_epsilon", "lr_sensitivity", "critical_sharpness")
 
 
 def main(argv: list[str] | None = None) -> int:
