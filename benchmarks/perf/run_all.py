@@ -2,9 +2,11 @@
 
 ``peers.py`` (time to accuracy against PyHessian, hessian-eigenthings, curvlinops and scipy's
 eigsh), ``costs.py`` (HVP cost and memory per method, warm starts, the Monitor's overhead on a
-training loop) and ``overhead.py`` (the Monitor at its defaults on three 2,000-step training loops:
+training loop), ``overhead.py`` (the Monitor at its defaults on three 2,000-step training loops:
 overhead against its 5% budget, where its λ_1 points fall, streamed points against full solves)
-each print their tables and write JSON to ``benchmarks/results/perf/``. This script
+and ``finite_difference.py`` (finite-difference HVPs: their eigenvalue accuracy against exact
+double backward in float32 and bfloat16, their time and memory against double backward on a
+transformer with fused attention) each print their tables and write JSON to ``benchmarks/results/perf/``. This script
 shows their output as it comes and copies it, verbatim, into PERFORMANCE.md, so the numbers there
 are the ones the scripts printed, beside the machine they ran on.
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 PERFORMANCE_MD = HERE.parent / "PERFORMANCE.md"
-BENCHMARKS = ("peers", "costs", "overhead")
+BENCHMARKS = ("peers", "costs", "overhead", "finite_difference")
 RUN_RECORD = HERE.parent / "results" / "perf" / "run_all.json"
 #: One intra-op thread and one BLAS thread for every tool: on 2 cores, more only makes them fight.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
