@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(progress_line(index, label, result), flush=True)
         run_dirs.append(run_dir)
 
-    from edgewatch._optional import MissingExtraError
+    from edgewatch.extras import MissingExtraError
     from edgewatch.cli.compare import compare, compare_text
     from edgewatch.cli.report import summarize
     from edgewatch.cli.rundir import load_run
