@@ -19,7 +19,7 @@ BIN   := $(VENV)/bin
 # One stamp per install recipe: changing TORCH_SPEC, PIP_ARGS or EXTRAS installs again.
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(TORCH_SPEC)' '$(PIP_ARGS)' '$(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench-perf bench-science bench-detectors setup clean
+.PHONY: demo test lint bench-perf bench-science bench-detectors setup clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,13 @@ demo: $(STAMP)
 
 # One intra-op thread unless told otherwise: the test models are tiny, and on 2 cores torch's
 # threads and the subprocesses some tests start only fight each other (measured: 78 s instead of about 200 s).
-test: $(STAMP)
+test: lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
+
+# The linter and the type checker on the package (configured in pyproject.toml); make test runs them first.
+lint: $(STAMP)
+	$(BIN)/ruff check edgewatch
+	$(BIN)/mypy
 
 # The peers side by side, HVP costs, warm starts, the Monitor's overhead and its default budget (about 15 minutes): benchmarks/PERFORMANCE.md
 bench-perf: $(STAMP)

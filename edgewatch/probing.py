@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def _private_copy(value: Any, device: torch.device | None) -> Any:
     if isinstance(value, Mapping):
         items = {key: _private_copy(item, device) for key, item in value.items()}
         try:
-            return type(value)(items)
+            return cast(Any, type(value))(items)
         except TypeError:  # mappings whose constructor takes other arguments (defaultdict)
             return items
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from edgewatch import names
 from edgewatch.cli.rundir import Run, Series
 from edgewatch.extras import require
 from edgewatch.hooks.events import KINDS, SEVERITIES
+
+#: One curve: a series, its legend label (None: unlabelled) and its matplotlib keywords.
+Line = tuple[Series, Union[str, None], dict[str, Any]]
 
 __all__ = ["EVENT_PANELS", "RATIO_CAP", "compare_figure", "report_figure"]
 
@@ -63,7 +66,7 @@ def report_figure(run: Run, path: Path, progress: Any = None) -> Any:
         panels.append(("sharpness", "sharpness against the stability threshold (dashed)", "eigenvalue", lambda ax: _sharpness(ax, run)))
     if run.has(names.STABILITY_RATIO):
         panels.append(("ratio", "stability ratio r = ηλ/c", "r", lambda ax: _ratio(ax, [(run, "r", "C0")])))
-    logits = [(run.series(name), label, {}) for name, label in _OUTPUT_LOGITS if run.has(name)]
+    logits: list[Line] = [(run.series(name), label, {}) for name, label in _OUTPUT_LOGITS if run.has(name)]
     if logits:
         panels.append(("logits", "output logits", "logit", lambda ax: _lines(ax, logits)))
     attention = _attention_lines(run)
@@ -72,7 +75,7 @@ def report_figure(run: Run, path: Path, progress: Any = None) -> Any:
     if run.has(names.ATTN_ENTROPY_MIN):
         entropy = [(run.series(names.ATTN_ENTROPY_MIN), "min attention entropy", {"color": "C5"})]
         panels.append(("entropy", "attention entropy", "nats", lambda ax: _lines(ax, entropy)))
-    norms = [(run.series(name), label, {}) for name, label in _NORMS if run.has(name)]
+    norms: list[Line] = [(run.series(name), label, {}) for name, label in _NORMS if run.has(name)]
     if norms:
         panels.append(("grad", "gradient, parameter and update norms", "norm (log)", lambda ax: _lines(ax, norms, log=True)))
 
@@ -155,6 +158,7 @@ def compare_figure(runs: Sequence[Run], labels: Sequence[str], path: Path, progr
 def _sharpness(ax: Any, run: Run) -> None:
     raw, precond = run.series(names.LAMBDA_MAX), run.series(names.PRECOND_LAMBDA_MAX)
     threshold = f"threshold {_constant(run)}/η"
+    lines: list[Line]
     if _adaptive(run):
         lines = [(precond, "preconditioned λ_1", {"color": "C0"}), (run.series(names.THRESHOLD), threshold, _DASHED),
                  (raw, "raw λ_1 of H", {"color": "C4"})]
@@ -168,7 +172,7 @@ def _sharpness(ax: Any, run: Run) -> None:
 
 
 def _compare_sharpness(ax: Any, runs: Sequence[Run], colors: Sequence[str]) -> None:
-    lines = []
+    lines: list[Line] = []
     for run, color in zip(runs, colors):
         lines += [(_sharpness_series(run), None, {"color": color}),
                   (run.series(names.THRESHOLD), None, {**_DASHED, "color": color})]
@@ -209,16 +213,17 @@ def _ratio(ax: Any, runs: Sequence[tuple[Run, str, str]], eos: bool = False) -> 
             ax.axvline(first, color=color, ls=":", lw=1.2)
 
 
-def _attention_lines(run: Run) -> list[tuple[Series, str | None, dict]]:
+def _attention_lines(run: Run) -> list[Line]:
     family = names.stem(names.ATTN_MAX_LOGIT_MODULE)
-    layers = [(run.series(name), name.removeprefix(family), {"lw": 0.7, "alpha": 0.7}) for name in run.names(family)]
-    overall = [(run.series(names.ATTN_MAX_LOGIT), "max over layers", {"color": "k", "lw": 1.6})] if run.has(names.ATTN_MAX_LOGIT) else []
+    layers: list[Line] = [(run.series(name), name.removeprefix(family), {"lw": 0.7, "alpha": 0.7}) for name in run.names(family)]
+    overall: list[Line] = ([(run.series(names.ATTN_MAX_LOGIT), "max over layers", {"color": "k", "lw": 1.6})]
+                           if run.has(names.ATTN_MAX_LOGIT) else [])
     if len(layers) == 1 and overall:
         return overall  # the one layer is the maximum
     return overall + (layers if len(layers) <= 12 else [(s, None, kw) for s, _, kw in layers])  # unlabeled when many
 
 
-def _lines(ax: Any, lines: Sequence[tuple[Series, str | None, dict]], log: bool = False, cap: float | None = None,
+def _lines(ax: Any, lines: Sequence[Line], log: bool = False, cap: float | None = None,
            note: str = "", include: float | None = None) -> None:
     """Plot (series, label, style) lines; non-finite points are gaps; log y when positive and wide.
 

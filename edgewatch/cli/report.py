@@ -281,6 +281,7 @@ def _report_html(run: Run, summary: Mapping[str, Any], png: Path) -> str:
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Nested meta as ``("optimizer.groups.0.lr", 0.1)`` rows."""
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, Mapping):
         items = value.items()
     elif isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):

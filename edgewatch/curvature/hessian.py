@@ -21,6 +21,7 @@ adds to the noise floor of every residual.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import re
@@ -255,7 +256,7 @@ class HessianOperator(CurvatureOperator):
             params, frozen = self._current_parameters(), self._frozen_tensors()
             total = tuple(torch.zeros_like(p) for p in params)
             for index, weight in enumerate(self.weights):
-                hv = hvp(lambda p, i=index: self._batch_loss(i, p, frozen), params, v)
+                hv = hvp(functools.partial(self._batch_loss, index, frozen=frozen), params, v)
                 for accumulated, h in zip(total, hv):
                     accumulated.add_(h, alpha=weight)
         return total
@@ -398,7 +399,7 @@ class HessianOperator(CurvatureOperator):
         if "double_backward" not in costs:  # it failed (on some rank): the products will say so
             choice = "double_backward"
         else:
-            fastest = min(costs, key=costs.get)
+            fastest = min(costs, key=costs.__getitem__)
             clearly = costs[fastest] < (1 - _AUTO_MARGIN) * costs["double_backward"]
             choice = fastest if clearly else "double_backward"
         if choice != "double_backward":

@@ -114,7 +114,7 @@ def hvp_forward_over_reverse(
     """
     primals = tuple(p.detach() for p in params)
     tangents = tuple(t.detach() for t in v)
-    _, hv = torch.func.jvp(torch.func.grad(fn), (primals,), (tangents,))
+    hv = torch.func.jvp(torch.func.grad(fn), (primals,), (tangents,))[1]
     return tuple(hv)
 
 

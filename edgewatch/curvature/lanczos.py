@@ -188,7 +188,7 @@ def lanczos(
             settled = looked >= verify_steps and (
                 k == 1
                 or looked >= 3 * verify_steps
-                or _newest_settled(theta, s, all_residuals, verifying_from, which, tol, floor, before[-1])
+                or _newest_settled(theta, s, all_residuals, verifying_from, which, tol, floor, before[-1])  # type: ignore[index]
             )
             if changed or settled or process.exhausted:
                 verifying_from = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ def solving(op: LinearOperator):
     it inside and free it after. Solvers wrap their loop in it; operators without a cache need
     nothing."""
     if hasattr(op, "__enter__"):
-        with op:
+        with cast(Any, op):
             yield
     else:
         yield

@@ -241,7 +241,7 @@ class CurvatureOperator:
         flat_input = isinstance(v, Tensor)
         # Backward passes through a retained graph still see autocast: keep it off here too.
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(self._device.type, enabled=False):
-            vectors = self.unflatten(self._check_flat(v)) if flat_input else self._check_tuple(v)
+            vectors = self.unflatten(self._check_flat(v)) if isinstance(v, Tensor) else self._check_tuple(v)
             if self.process_group is None:
                 result = self._matvec(vectors)
             else:
@@ -364,10 +364,10 @@ class CurvatureOperator:
                 (batch_loss * (weight * self._rank_weight)).backward()
                 loss += weight * batch_loss.detach().double()
             named = dict(self.model.named_parameters())  # FSDP2's sharded ones again, after backward
+            grads = [named[name].grad for name in self.param_names]
             gradient = tuple(
-                torch.zeros(shape, dtype=self._dtype, device=self._device) if named[name].grad is None
-                else local(named[name].grad).to(self._dtype)
-                for name, shape in zip(self.param_names, self._shapes)
+                torch.zeros(shape, dtype=self._dtype, device=self._device) if grad is None else local(grad).to(self._dtype)
+                for grad, shape in zip(grads, self._shapes)
             )
         finally:
             reshard(self.model)
@@ -464,8 +464,8 @@ class CurvatureOperator:
         skipped = set()
         for prefix, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:
-                for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-                    skipped.add(f"{prefix}.{buffer}" if prefix else buffer)
+                for field in ("running_mean", "running_var", "num_batches_tracked"):
+                    skipped.add(f"{prefix}.{field}" if prefix else field)
         for name, buffer in self.model.named_buffers():
             frozen[name] = None if name in skipped else cast_floating(buffer.detach(), self._dtype).clone()
         return frozen
@@ -474,10 +474,10 @@ class CurvatureOperator:
         self, index: int, params: tuple[Tensor, ...], frozen: Mapping[str, Tensor | None]
     ) -> Tensor:
         """ℓ(θ; B_index), with θ taken from ``params``; call inside :func:`probe_guard`."""
-        tensors = {f"model.{name}": p for name, p in zip(self.param_names, params)}
+        tensors: dict[str, Tensor | None] = {f"model.{name}": p for name, p in zip(self.param_names, params)}
         tensors.update({f"model.{name}": t for name, t in frozen.items()})
         seed_probe(self._device, self.seed + index)
-        loss = functional_call(self._loss_module, tensors, (self.probe[index],))
+        loss = functional_call(self._loss_module, tensors, (self.probe[index],))  # type: ignore[arg-type]  # None: a BatchNorm statistic not passed
         check_scalar_loss(loss, index)
         return loss
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 import torch.utils.data
@@ -246,7 +246,7 @@ def _to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     if isinstance(batch, Mapping):
         items = {k: _to_device(v, device, dtype) for k, v in batch.items()}
         try:
-            return type(batch)(items)
+            return cast(Any, type(batch))(items)
         except TypeError:  # mappings whose constructor takes other arguments (defaultdict)
             return items
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple

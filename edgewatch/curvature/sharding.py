@@ -28,7 +28,7 @@ References:
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -122,7 +122,7 @@ def local(tensor: Tensor) -> Tensor:
     if not is_sharded(tensor):
         return tensor
     with torch.no_grad():
-        return tensor.to_local()
+        return cast(Any, tensor).to_local()
 
 
 def local_length(op: Any) -> int:

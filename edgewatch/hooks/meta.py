@@ -26,16 +26,26 @@ __all__ = ["WatchedRun", "run_meta"]
 class WatchedRun(Protocol):
     """What :func:`run_meta` reads of a watched run (the Monitor has it all)."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    curvature: CurvatureProbe
-    step_count: int
-    every: int | None
-    curvature_schedule: Any
-    budget: Any
-    detectors: Sequence[Any]
-    stop_on: set[str]
-    process_group: Any
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+    @property
+    def curvature(self) -> CurvatureProbe: ...
+    @property
+    def step_count(self) -> int: ...
+    @property
+    def every(self) -> int | None: ...
+    @property
+    def curvature_schedule(self) -> Any: ...
+    @property
+    def budget(self) -> Any: ...
+    @property
+    def detectors(self) -> Sequence[Any]: ...
+    @property
+    def stop_on(self) -> set[str]: ...
+    @property
+    def process_group(self) -> Any: ...
 
 
 def run_meta(monitor: WatchedRun) -> dict[str, Any]:

@@ -312,7 +312,7 @@ class Monitor:
 
     def _norms_turn(self) -> bool:
         """Whether the coming step with cheap metrics is a ``norms_every``-th one."""
-        return self._cheap_taken % self._norms_every == 0
+        return self._cheap_taken % (self._norms_every or 1) == 0
 
     def _slow_due(self, step: int) -> bool:
         """Parameter and update norms, Adam's ε share: on every ``norms_every``-th step with cheap metrics."""
@@ -342,7 +342,7 @@ class Monitor:
                 self._arm()
             self._hooks = [
                 self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self._before_step()),
-                self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step()),
+                self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: void(self._after_step())),
             ]
             if self._step_count == 0 and self.curvature_schedule == "budget" and names.PROBE_LOSS not in self.latest_step:
                 self._measure_now()
@@ -430,6 +430,7 @@ class Monitor:
 
     def _snapshot(self) -> None:
         """Copy θ into the buffers ``update/norm`` is measured from."""
+        assert self._previous is not None  # taken only while updates are tracked
         torch._foreach_copy_(self._previous, [local(p).detach() for p in self._params])
         self._snapshot_fresh = True
 
@@ -579,6 +580,7 @@ class Monitor:
         The mean of the ranks' mean losses, as DDP's gradient is the mean of theirs; with it every
         rank's detectors see the same numbers and ``stop_on`` stops every rank at the same step.
         """
+        assert self.process_group is not None  # agreed only across ranks
         loss, failures, budget = mean_over_ranks(self._loss, self.process_group, self.curvature.hessian.device,
                                                  failed=names.failed("metrics") in cheap, extra=self.budget.pending())
         host = budget.tolist()
@@ -700,3 +702,7 @@ def _check_probe_fits(probe: CurvatureProbe) -> None:
                 f"probe batch {index} does not fit the model: loss_fn(model, probe[{index}]) raised "
                 f"{type(error).__name__}: {error}"
             ) from error
+
+
+def void(_: object) -> None:
+    """Drop a value: optimizer hooks must return None."""

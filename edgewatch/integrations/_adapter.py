@@ -136,9 +136,11 @@ class Adapter:
 
     def _state(self) -> dict[str, Any]:
         """The Monitor's state for a checkpoint, with the run directory a resumed run continues."""
-        state = self.monitor.state_dict()
-        if self.monitor.run_dir is not None:
-            state[_RUN_DIR_KEY] = str(self.monitor.run_dir)
+        monitor = self.monitor
+        assert monitor is not None  # saved only once training began
+        state = monitor.state_dict()
+        if monitor.run_dir is not None:
+            state[_RUN_DIR_KEY] = str(monitor.run_dir)
         return state
 
     def _close(self) -> None:

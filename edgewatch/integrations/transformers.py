@@ -59,6 +59,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -256,7 +257,7 @@ class EdgewatchCallback(Adapter, transformers.TrainerCallback):
 
 def _callback_handler() -> Any:
     """The callback handler of the ``Trainer`` whose method is on the call stack, or None."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         candidate = frame.f_locals.get("self")
         if isinstance(candidate, transformers.Trainer):

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 
+from edgewatch.curvature.linear import LinearOperator
 from edgewatch.curvature.operator import CurvatureOperator
 from edgewatch.curvature.preconditioned import PreconditionedOperator
 from edgewatch.curvature.sharding import local, sum_over_shards
@@ -174,7 +176,7 @@ def preconditioned_operator(
             f"the optimizer ({info.optimizer}) updates none of the operator's parameters "
             f"({', '.join(op.param_names[:3])}, ...); build the optimizer from the same model"
         )
-    return PreconditionedOperator(op, scale, shift if _any(op, shift) else None), info
+    return PreconditionedOperator(cast(LinearOperator, op), scale, shift if _any(op, shift) else None), info
 
 
 def _any(op: CurvatureOperator, values: Tensor) -> bool:

@@ -274,6 +274,7 @@ class CatapultDetector(Detector):
 
     def _judge(self, loss: float, sharpness: float | None, ratio: float | None, step: int) -> list[Event]:
         episode = self._episode
+        assert episode is not None  # judged only during an episode
         episode["peak"] = max(episode["peak"], loss)
         if step - episode["start"] > self.within:
             self._episode = None

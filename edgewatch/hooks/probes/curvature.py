@@ -52,7 +52,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -145,6 +145,7 @@ class CurvatureProbe:
             metrics[names.PROBE_LOSS] = loss
             top, was_streamed = self._top(names.CURVATURE, self.hessian, self.k, self.vectors, streamed, escalate)
             if was_streamed:
+                assert self.vectors is not None  # a point streams only from kept vectors
                 self.vectors = torch.cat([top.eigenvectors, self.vectors[:, 1:]], dim=1)
             else:
                 self.vectors = top.eigenvectors if top.converged else None
@@ -193,7 +194,8 @@ class CurvatureProbe:
     def _gradient_metrics(self, gradient: Tensor, squared: Tensor, vectors: Tensor) -> dict[str, Tensor]:
         """gᵀHg/gᵀg (one HVP) and ‖V_kᵀg‖²/‖g‖², with ``squared`` = gᵀg."""
         tiny = torch.finfo(squared.dtype).tiny
-        directional = inner(self.hessian, gradient, self.hessian(gradient)) / squared.clamp_min(tiny)
+        product = cast(Tensor, self.hessian(gradient))  # flat in, flat out
+        directional = inner(self.hessian, gradient, product) / squared.clamp_min(tiny)
         overlap = inner(self.hessian, vectors.T, gradient).pow(2).sum() / squared.clamp_min(tiny)
         return {names.DIRECTIONAL_SHARPNESS: directional, names.GRADIENT_OVERLAP: overlap}
 

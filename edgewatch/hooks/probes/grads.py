@@ -141,7 +141,7 @@ class GradientRecorder:
         fresh, self._fresh, self._queued_in = self._fresh, {}, None
         try:
             indices = [i for i, p in fresh.items() if p.grad is not None]
-            grads = [_dense(local(fresh[i].grad.detach())) for i in indices]
+            grads = [_dense(local(fresh[i].grad.detach())) for i in indices]  # type: ignore[union-attr]  # not None, above
             if grads:
                 self._norms.update(zip(indices, _grouped_norms([grads], _grouped([grads]))))
         except Exception as error:  # noqa: BLE001 - a metric must never break the user's backward()
@@ -214,7 +214,7 @@ def _grouped(tensor_lists: list[list[Tensor]]) -> list[Group] | None:
     """
     if len({t.dtype for t in tensor_lists[0]}) <= 1:
         return None
-    return list(_group_tensors_by_device_and_dtype(tensor_lists, with_indices=True).values())
+    return list(_group_tensors_by_device_and_dtype(tensor_lists, with_indices=True).values())  # type: ignore[arg-type]
 
 
 def _grouped_norms(tensor_lists: list[list[Tensor]], groups: list[Group] | None) -> list[Tensor]:
@@ -277,7 +277,7 @@ def parameter_and_update_norms(params: list[Tensor], previous: list[Tensor] | No
     groups = _grouped(tensor_lists)
     if previous is not None and groups is None:
         torch._foreach_sub_(previous, detached)
-    elif previous is not None:
+    elif previous is not None and groups is not None:
         for (group_params, group_previous), _ in groups:  # a foreach kernel takes one dtype and device
             torch._foreach_sub_(group_previous, group_params)
     norms = _grouped_norms(tensor_lists, groups)

@@ -136,14 +136,14 @@ class LogitRecorder:
         values = _over_batches(per_batch, process_group)
         metrics = {name: values[name] for name in (self._outputs[0] if self._outputs else ())}
         if self._attention:
-            calls = list(self._attention)
-            for module in calls:
-                name = names.family(names.ATTN_MAX_LOGIT_MODULE, module=module)
-                metrics[name] = values[name]
-            largest = [values[names.family(names.ATTN_MAX_LOGIT_MODULE, module=module)] for module in calls]
+            modules = list(self._attention)
+            for module in modules:
+                key = names.family(names.ATTN_MAX_LOGIT_MODULE, module=module)
+                metrics[key] = values[key]
+            largest = [values[names.family(names.ATTN_MAX_LOGIT_MODULE, module=module)] for module in modules]
             metrics[names.ATTN_MAX_LOGIT] = torch.stack(largest).max()
-            metrics[names.ATTN_ENTROPY_MEAN] = torch.stack([values[f"entropy_mean/{i}"] for i in calls]).mean()
-            metrics[names.ATTN_ENTROPY_MIN] = torch.stack([values[f"entropy_min/{i}"] for i in calls]).min()
+            metrics[names.ATTN_ENTROPY_MEAN] = torch.stack([values[f"entropy_mean/{i}"] for i in modules]).mean()
+            metrics[names.ATTN_ENTROPY_MIN] = torch.stack([values[f"entropy_min/{i}"] for i in modules]).min()
         return metrics
 
     # -- what is recorded ---------------------------------------------------------------------
