@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgewatch.hooks.events import Detector, Event
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import Event
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,9 +32,9 @@ from edgewatch.curvature.probe_set import (
     default_dtype,
     materialize_probe,
     normalized_weights,
+    outside_inference_mode,
     select_parameters,
     unwrap_model,
-    usable,
 )
 from edgewatch.curvature.sharding import fsdp_group, local, reshard
 from edgewatch.distributed import AgreedReduction, GroupSpec, probe_group
@@ -507,7 +507,7 @@ class CurvatureOperator:
                 f"expected a flat vector of shape ({n},){part}, got {tuple(v.shape)}; "
                 "use op.flatten(tensors) for parameter-shaped input"
             )
-        return usable(v.to(device=self._device, dtype=self._dtype))
+        return outside_inference_mode(v.to(device=self._device, dtype=self._dtype))
 
     def _check_tuple(self, v: Sequence[Tensor]) -> tuple[Tensor, ...]:
         if len(v) != len(self._shapes) or any(t.shape != s for t, s in zip(v, self._shapes)):
@@ -516,7 +516,7 @@ class CurvatureOperator:
                 f"expected tensors shaped like the parameters {[tuple(s) for s in self._shapes]}, "
                 f"got {got}"
             )
-        return tuple(usable(t.to(device=self._device, dtype=self._dtype)) for t in v)
+        return tuple(outside_inference_mode(t.to(device=self._device, dtype=self._dtype)) for t in v)
 
 
 def _sharded_dtype(params: Sequence[Tensor], dtype: torch.dtype | None, process_group: GroupSpec) -> torch.dtype:

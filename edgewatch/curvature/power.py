@@ -78,7 +78,7 @@ def power_iteration(
             theta_host, residual_host = torch.stack([theta, residual]).cpu().tolist()  # the sync
             # Near-zero eigenvalues are judged against eps^(2/3)·||H|| (as in ARPACK).
             scale = max(abs(theta_host), floor * max(abs(theta_host), largest))
-            if residual_host <= tol * scale or not _finite(theta_host, residual_host):
+            if residual_host <= tol * scale or not _all_finite(theta_host, residual_host):
                 break
             w = _deflate(hv, vectors)
             v = w / torch.linalg.vector_norm(w)
@@ -120,5 +120,5 @@ def _deflate(v: Tensor, vectors: Tensor) -> Tensor:
     return project_out(v, vectors.T)
 
 
-def _finite(*values: float) -> bool:
+def _all_finite(*values: float) -> bool:
     return all(abs(x) < float("inf") for x in values)

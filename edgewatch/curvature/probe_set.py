@@ -256,7 +256,7 @@ def _to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     return batch
 
 
-def usable(tensor: Tensor) -> Tensor:
+def outside_inference_mode(tensor: Tensor) -> Tensor:
     """Tensors made under ``torch.inference_mode`` cannot enter autograd; a copy made outside can."""
     return tensor.clone() if tensor.is_inference() else tensor
 

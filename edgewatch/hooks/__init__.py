@@ -9,7 +9,8 @@ from edgewatch.hooks.detectors import (
     SpikeDetector,
     ThresholdDetector,
 )
-from edgewatch.hooks.events import KINDS, SEVERITIES, Detector, Event
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import KINDS, SEVERITIES, Event
 
 # the monitor
 from edgewatch.hooks.monitor import Monitor, StopTraining, default_detectors

@@ -1,8 +1,8 @@
-"""Events: what a run did that a person should hear about, and the detectors that notice it.
+"""Events: what a run did that a person should hear about.
 
-An event is a plain record ``{step, kind, severity, message, values}``. A
-detector reads the metrics of one step (a flat ``dict[str, float]`` with the names the README
-lists) and returns the events they signal. Detectors are framework-free (like Lightning
+An event is a plain record ``{step, kind, severity, message, values}``. A detector
+(:class:`~edgewatch.hooks.detectors.base.Detector`) reads the metrics of one step (a flat
+``dict[str, float]`` with the names the README lists) and returns the events they signal. Detectors are framework-free (like Lightning
 Fabric's ``SpikeDetection``) and carry their history in ``state_dict()`` so a resumed run
 continues as if never stopped.
 """
@@ -10,11 +10,10 @@ continues as if never stopped.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["KINDS", "SEVERITIES", "Detector", "Event"]
+__all__ = ["KINDS", "SEVERITIES", "Event"]
 
 #: Event kinds edgewatch raises.
 KINDS = (
@@ -62,26 +61,3 @@ class Event:
         record = asdict(self)
         record["values"] = {k: v if math.isfinite(v) else str(v) for k, v in self.values.items()}
         return record
-
-
-class Detector:
-    """Base detector: reads one step's metrics, returns events, and can save its history.
-
-    Subclasses implement :meth:`update`; those with history override :meth:`state_dict` and
-    :meth:`load_state_dict` (read with defaults, so older checkpoints still load).
-    """
-
-    kinds: tuple[str, ...] = ()
-    #: A detector that needs a curvature point now sets this; under the budget schedule the
-    #: Monitor then takes one at the next step (counted against the budget), and the detector
-    #: clears it when the point arrives. Fixed schedules are followed exactly as given.
-    wants_curvature: bool = False
-
-    def update(self, metrics: Mapping[str, float], step: int) -> list[Event]:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the base has nothing to restore."""

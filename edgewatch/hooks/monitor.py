@@ -54,7 +54,8 @@ from edgewatch.hooks.detectors import (
     attention_logit_growth,
     output_logit_divergence,
 )
-from edgewatch.hooks.events import Detector, Event
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import Event
 from edgewatch.hooks.history import History
 from edgewatch.hooks.meta import run_meta
 from edgewatch.hooks.probes.curvature import CurvatureProbe

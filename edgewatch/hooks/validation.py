@@ -27,7 +27,8 @@ from edgewatch.curvature.hessian import check_method
 from edgewatch.curvature.probe_set import check_loss_fn, check_probe_batches, check_seed, check_train
 from edgewatch.distributed import probe_group
 from edgewatch.hooks.budget import Budget
-from edgewatch.hooks.events import KINDS, Detector
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import KINDS
 from edgewatch.hooks.probes.blocks import check_module_metrics
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.loggers import LOGGERS, Logger

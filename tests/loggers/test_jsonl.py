@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import edgewatch as ew
-from edgewatch.hooks.events import Detector, Event
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import Event
 from edgewatch.loggers import (
     JsonlLogger,
     Logger,

@@ -1,5 +1,6 @@
 """Event detectors: edge of stability, spikes and catapults, logits, non-finite values."""
 
+from edgewatch.hooks.detectors.base import Detector
 from edgewatch.hooks.detectors.eos import EdgeOfStabilityDetector
 from edgewatch.hooks.detectors.logits import (
     EntropyCollapseDetector,
@@ -14,6 +15,7 @@ from edgewatch.hooks.detectors.thresholds import ThresholdDetector, adam_epsilon
 
 __all__ = [
     "CatapultDetector",
+    "Detector",
     "EdgeOfStabilityDetector",
     "EntropyCollapseDetector",
     "GrowthDetector",

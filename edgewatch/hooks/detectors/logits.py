@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgewatch import names
-from edgewatch.hooks.events import Detector, Event
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import Event
 
 __all__ = ["EntropyCollapseDetector", "GrowthDetector", "attention_entropy_collapse", "attention_logit_growth", "output_logit_divergence"]
 

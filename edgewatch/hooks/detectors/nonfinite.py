@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgewatch import names
-from edgewatch.hooks.events import Detector, Event
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import Event
 
 __all__ = ["NonFiniteDetector"]
 

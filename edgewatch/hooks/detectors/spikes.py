@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgewatch import names
-from edgewatch.hooks.events import Detector, Event
+from edgewatch.hooks.detectors.base import Detector
+from edgewatch.hooks.events import Event
 
 PROBE_LOSS = names.PROBE_LOSS
 SHARPNESS = names.LAMBDA_MAX
@@ -209,7 +210,7 @@ class CatapultDetector(Detector):
         if not math.isfinite(loss):  # divergence, not a catapult
             self._diverged()
             return []
-        sharpness, ratio = _finite(metrics.get(SHARPNESS)), _finite(metrics.get(RATIO))
+        sharpness, ratio = _finite_or_none(metrics.get(SHARPNESS)), _finite_or_none(metrics.get(RATIO))
         if ADAPTIVE in metrics and step < self.adaptive_warmup:
             ratio = None  # Adam's first preconditioners make r meaningless
         events = self._judge(float(loss), sharpness, ratio, step) if self._episode else []
@@ -315,5 +316,5 @@ class CatapultDetector(Detector):
         self._episode = {k: float(v) for k, v in episode.items()} if episode else None
 
 
-def _finite(value: float | None) -> float | None:
+def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None

@@ -167,11 +167,11 @@ class CurvatureProbe:
         """λ₁ (top-k when full) of ``op``: refreshed from ``kept`` (or, with none kept, from
         ``fallback``) when ``streamed`` and the refresh is trustworthy (or escalating is not
         allowed), else a full solve warm-started from the best vector at hand."""
-        kept = _finite(op, kept)
+        kept = _finite_vectors(op, kept)
         if kept is None and streamed:
             # No vector of this operator's yet (Adam's preconditioner appears after its first
             # step): a related one is a better start than a full solve the budget did not ask for.
-            kept = _finite(op, fallback)
+            kept = _finite_vectors(op, fallback)
         start = kept
         hvps = 0
         if streamed and kept is not None:
@@ -271,11 +271,11 @@ class CurvatureProbe:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore warm starts; vectors of another size (a changed model) are dropped."""
-        self.vectors = self._usable(state.get("vectors"))
-        self.preconditioned_vectors = self._usable(state.get("preconditioned_vectors"))
+        self.vectors = self._kept_vectors(state.get("vectors"))
+        self.preconditioned_vectors = self._kept_vectors(state.get("preconditioned_vectors"))
         self._last = {str(k): float(v) for k, v in state.get("last", {}).items()}
 
-    def _usable(self, vectors: Tensor | None) -> Tensor | None:
+    def _kept_vectors(self, vectors: Tensor | None) -> Tensor | None:
         if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != self.hessian.local_size:
             return None
         return vectors.to(device=self.hessian.device, dtype=self.hessian.dtype)
@@ -292,6 +292,6 @@ def _eigen_metrics(prefix: str, result, value: bool = True) -> dict[str, float]:
     return metrics
 
 
-def _finite(op: Any, vectors: Tensor | None) -> Tensor | None:
+def _finite_vectors(op: Any, vectors: Tensor | None) -> Tensor | None:
     """``vectors`` if every entry is finite (on every rank, for sharded vectors), else None."""
     return vectors if vectors is not None and all_finite(op, vectors) else None
