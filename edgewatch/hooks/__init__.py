@@ -2,6 +2,7 @@
 
 # events
 # detectors
+from edgewatch.hooks.config import CurvatureConfig
 from edgewatch.hooks.detectors import (
     CatapultDetector,
     EdgeOfStabilityDetector,
@@ -19,6 +20,7 @@ from edgewatch.hooks.monitor import Monitor, StopTraining, default_detectors
 from edgewatch.hooks.schedule import Schedule
 
 __all__ = [
+    "CurvatureConfig",
     # events
     "KINDS",
     "SEVERITIES",

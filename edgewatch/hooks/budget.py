@@ -31,7 +31,7 @@ The policy, at each step after the cheap metrics:
    turned into a full solve) raises the price of the next ones, and the points thin out by
    themselves. A streamed point whose refresh is not trustworthy (residual above 5% of λ₁)
    escalates to a full solve only when the allowance has room for one; otherwise its value is
-   not reported (:mod:`~edgewatch.hooks.probes.curvature`), and the next full solve sets it right.
+   not reported (:mod:`~edgewatch.hooks.meters.curvature`), and the next full solve sets it right.
 3. The cheap metrics are taken every step while they cost at most half the budget; when a step
    is so short that they would cost more, they are taken every N-th step, the smallest N that
    fits (``every=`` on the Monitor fixes N instead).

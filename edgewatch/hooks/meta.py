@@ -18,7 +18,7 @@ from edgewatch.optimizers import UnsupportedOptimizerError, stability
 from edgewatch.version import __version__
 
 if TYPE_CHECKING:
-    from edgewatch.hooks.probes.curvature import CurvatureProbe
+    from edgewatch.hooks.meters.curvature import CurvatureMeter
 
 __all__ = ["WatchedRun", "run_meta"]
 
@@ -31,7 +31,7 @@ class WatchedRun(Protocol):
     @property
     def optimizer(self) -> torch.optim.Optimizer: ...
     @property
-    def curvature(self) -> CurvatureProbe: ...
+    def curvature(self) -> CurvatureMeter: ...
     @property
     def step_count(self) -> int: ...
     @property

@@ -10,7 +10,7 @@ schedules) live in modules of their own.
 
 After every ``optimizer.step()`` the Monitor takes the cheap metrics (gradient norms before
 clipping, learning rates, parameter and update norms, Adam's ε share, non-finite counts) and, on
-its curvature schedule, the curvature probe (:class:`~edgewatch.hooks.probes.curvature.CurvatureProbe`)
+its curvature schedule, the curvature probe (:class:`~edgewatch.hooks.meters.curvature.CurvatureMeter`)
 on the fixed probe set; the detectors turn those numbers into events. By default both schedules
 follow an overhead budget (:mod:`~edgewatch.hooks.budget`): the Monitor's own time stays within
 5% of the training loop's, curvature is measured at θ_0 (at :meth:`Monitor.attach`), at steps 3,
@@ -44,6 +44,7 @@ from edgewatch.curvature.probe_set import LossFn, unwrap_model
 from edgewatch.curvature.sharding import local
 from edgewatch.distributed import GroupSpec, is_main_process, mean_over_ranks, probe_group
 from edgewatch.hooks.budget import PENDING_FIELDS, Budget, Kind
+from edgewatch.hooks.config import CurvatureConfig
 from edgewatch.hooks.detectors import (
     CatapultDetector,
     EdgeOfStabilityDetector,
@@ -58,8 +59,8 @@ from edgewatch.hooks.detectors.base import Detector
 from edgewatch.hooks.events import Event
 from edgewatch.hooks.history import History
 from edgewatch.hooks.meta import run_meta
-from edgewatch.hooks.probes.curvature import CurvatureProbe
-from edgewatch.hooks.probes.grads import (
+from edgewatch.hooks.meters.curvature import CurvatureMeter
+from edgewatch.hooks.meters.grads import (
     GradientRecorder,
     HostReduction,
     adam_epsilon_fraction,
@@ -130,7 +131,8 @@ class Monitor:
             (cheap metrics, probes, detectors, logging), default 5%. With a fixed schedule it is
             only measured: ``monitor.overhead`` and ``monitor/overhead`` report it either way.
         history: points kept per metric in :attr:`history` (evenly thinned beyond that).
-        k, tol, max_hvps, method, seed, train: see :class:`CurvatureProbe`.
+        k, tol, max_hvps, method, seed, train: how curvature is measured, one
+            :class:`~edgewatch.hooks.config.CurvatureConfig` (its defaults and checks).
         detectors: the event detectors; default :func:`default_detectors`.
         callbacks: called with every :class:`Event` as it happens.
         stop_on: event kinds that stop training by raising :class:`StopTraining`.
@@ -139,7 +141,7 @@ class Monitor:
             each block, a layer of a ``ModuleList`` or ``Sequential`` (``blocks.3``) or else a
             direct child of the model (``embed``, ``head``), so a large model gives a few dozen
             keys; ``"leaf"`` keys every module that owns parameters (``blocks.3.attn.qkv``).
-            See :mod:`~edgewatch.hooks.probes.blocks`.
+            See :mod:`~edgewatch.hooks.meters.blocks`.
         track_updates: keep a copy of the parameters to measure ``update/norm`` (memory: one
             model's worth).
         grad_scaler: the AMP ``GradScaler`` of the loop, if any: gradient norms are reported
@@ -207,12 +209,12 @@ class Monitor:
         norms_every: int = 10,
         budget: float = 0.05,
         history: int = 2048,
-        k: int = 1,
-        tol: float = 1e-3,
-        max_hvps: int = 100,
-        method: str = "auto",
-        seed: int = 0,
-        train: bool | None = True,
+        k: int = CurvatureConfig.k,
+        tol: float = CurvatureConfig.tol,
+        max_hvps: int = CurvatureConfig.max_hvps,
+        method: str = CurvatureConfig.method,
+        seed: int = CurvatureConfig.seed,
+        train: bool | None = CurvatureConfig.train,
         detectors: Sequence[Detector] | None = None,
         callbacks: Sequence[Callable[[Event], None]] = (),
         stop_on: Iterable[str] = (),
@@ -237,9 +239,9 @@ class Monitor:
         if main_process is None:  # a rank measuring alone (process_group=False) logs its own run
             main_process = process_group is False or is_main_process()
         self.main_process = bool(main_process)
-        self.curvature = CurvatureProbe(
-            model, optimizer, loss_fn, probe, k=k, tol=tol, max_hvps=max_hvps, method=method, seed=seed, train=train,
-            module_metrics=module_metrics,
+        config = CurvatureConfig(k=k, tol=tol, max_hvps=max_hvps, method=method, seed=seed, train=train)
+        self.curvature = CurvatureMeter(
+            model, optimizer, loss_fn, probe, config, module_metrics=module_metrics,
             process_group=False if self.process_group is None else self.process_group,
         )
         _check_probe_fits(self.curvature)
@@ -643,7 +645,7 @@ class Monitor:
 
 def _to_host(metrics: dict[str, Any]) -> dict[str, float]:
     """Every metric as a Python float, with one device-to-host transfer for all tensors; a
-    :class:`~edgewatch.hooks.probes.grads.HostReduction` is finished into its metrics on the host."""
+    :class:`~edgewatch.hooks.meters.grads.HostReduction` is finished into its metrics on the host."""
     host: dict[str, float] = {}
     names, reductions = [], []
     for name, value in metrics.items():
@@ -689,7 +691,7 @@ def _synchronizer(device: torch.device) -> Callable[[], None] | None:
     return None
 
 
-def _check_probe_fits(probe: CurvatureProbe) -> None:
+def _check_probe_fits(probe: CurvatureMeter) -> None:
     hessian = probe.hessian
     # Under FSDP2 each check is a sharded pass: every rank runs as many (repeating its last batch).
     passes = getattr(hessian, "_sharded_passes", len(hessian.probe))

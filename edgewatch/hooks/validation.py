@@ -4,7 +4,7 @@ A setting the probe cannot use (``k=0``, ``tol=-1``, ``max_hvps`` below ``k``, a
 construction; the first probe then failed, warned once, and curvature was absent for the whole
 run. Here each argument is checked up front and a bad one raises one line that names the
 argument, the value given and the fix. The :class:`~edgewatch.hooks.monitor.Monitor`, the
-:class:`~edgewatch.hooks.probes.curvature.CurvatureProbe` and the trainer callbacks
+:class:`~edgewatch.hooks.meters.curvature.CurvatureMeter` and the trainer callbacks
 (:mod:`edgewatch.integrations`) all call these functions, so a callback refuses a bad
 ``**monitor_kwargs`` when it is created, not when training starts.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any, Literal
 
 import torch
@@ -27,9 +28,10 @@ from edgewatch.curvature.hessian import check_method
 from edgewatch.curvature.probe_set import check_loss_fn, check_probe_batches, check_seed, check_train
 from edgewatch.distributed import probe_group
 from edgewatch.hooks.budget import Budget
+from edgewatch.hooks.config import CurvatureConfig, check_count, check_curvature_settings, check_relative
 from edgewatch.hooks.detectors.base import Detector
 from edgewatch.hooks.events import KINDS
-from edgewatch.hooks.probes.blocks import check_module_metrics
+from edgewatch.hooks.meters.blocks import check_module_metrics
 from edgewatch.hooks.schedule import Schedule
 from edgewatch.loggers import LOGGERS, Logger
 
@@ -47,21 +49,6 @@ __all__ = [
 
 
 # -- single values ----------------------------------------------------------------------------
-def check_count(name: str, value: Any, minimum: int = 1, fix: str = "") -> int:
-    """``value`` as an int ≥ ``minimum`` (not a bool, not a float that happens to be whole)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        hint = fix or f"e.g. {name}={max(minimum, 1)}"
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}")
-    return value
-
-
-def check_relative(name: str, value: Any, fix: str) -> float:
-    """``value`` as a finite float in the open interval (0, 1): a relative tolerance or share."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}; {fix}")
-    return float(value)
-
-
 def check_flag(name: str, value: Any, allow_none: bool = False) -> None:
     """``value`` is True or False (or None, when that means "as it is")."""
     if not (isinstance(value, bool) or (allow_none and value is None)):
@@ -93,17 +80,6 @@ def curvature_schedule(curvature: Any) -> Literal["budget"] | Callable[[int], bo
         f"curvature must be \"budget\" (the default), a number of steps, a Schedule, a callable step -> bool, "
         f"or None (off); got {curvature!r}"
     )
-
-
-# -- the curvature probe's settings ------------------------------------------------------------
-def check_curvature_settings(k: Any = 1, tol: Any = 1e-3, max_hvps: Any = 100) -> None:
-    """Lanczos' settings: ``k ≥ 1`` eigenvalues, a relative residual ``tol`` in (0, 1), and a budget
-    of at least ``k`` products (a Krylov space of dimension m holds at most m Ritz pairs)."""
-    check_count("k", k, fix="the number of top eigenvalues to report, e.g. k=1")
-    check_relative("tol", tol, "the relative residual ‖Hv − λv‖ ≤ tol·|λ| a solve stops at, e.g. tol=1e-3")
-    check_count("max_hvps", max_hvps, fix="the Hessian-vector products one solve may spend, e.g. max_hvps=100")
-    if max_hvps < k:
-        raise ValueError(f"max_hvps={max_hvps} is below k={k}: Lanczos needs at least k products; raise max_hvps or lower k")
 
 
 # -- the Monitor's keyword arguments -------------------------------------------------------------
@@ -201,8 +177,8 @@ _SETTINGS: dict[str, Callable[[Any], Any]] = {
     "main_process": lambda value: check_flag("main_process", value, allow_none=True),
 }
 
-# The Monitor's defaults of the settings checked together (a test compares them with its signature).
-_DEFAULTS = {"k": 1, "tol": 1e-3, "max_hvps": 100}
+# The Monitor's keyword arguments that make up its CurvatureConfig.
+_CURVATURE_FIELDS = tuple(field.name for field in fields(CurvatureConfig))
 
 
 def check_monitor_settings(settings: Mapping[str, Any], owner: str = "Monitor") -> None:
@@ -218,7 +194,7 @@ def check_monitor_settings(settings: Mapping[str, Any], owner: str = "Monitor") 
         raise TypeError(f"{owner} got unknown Monitor arguments {unknown}; the Monitor takes {', '.join(_SETTINGS)}")
     for name, value in settings.items():
         _SETTINGS[name](value)
-    check_curvature_settings(**{name: settings.get(name, default) for name, default in _DEFAULTS.items()})
+    CurvatureConfig(**{name: settings[name] for name in _CURVATURE_FIELDS if name in settings})  # checks them together
     check_stop_on(settings.get("stop_on", ()), settings.get("detectors"))
 
 

@@ -10,7 +10,8 @@ import torch
 
 import cases
 from edgewatch.curvature import HessianOperator, MatrixOperator, lanczos, refine
-from edgewatch.hooks.probes.curvature import CurvatureProbe
+from edgewatch.hooks.config import CurvatureConfig
+from edgewatch.hooks.meters.curvature import CurvatureMeter
 
 
 def spectrum_matrix(n=200, seed=0):
@@ -72,7 +73,7 @@ def trained_mlp(steps: int, lr: float = 0.2):
 
 def test_streamed_points_track_the_dense_hessian_between_full_solves():
     model, optimizer, probe = trained_mlp(0)
-    curvature = CurvatureProbe(model, optimizer, cases.cross_entropy, probe, tol=1e-8, max_hvps=200)
+    curvature = CurvatureMeter(model, optimizer, cases.cross_entropy, probe, CurvatureConfig(tol=1e-8, max_hvps=200))
     full = curvature.measure()
     assert full["curvature/streamed"] == 0.0
     batch = probe[0]
@@ -93,7 +94,7 @@ def test_streamed_points_track_the_dense_hessian_between_full_solves():
 
 def test_a_streamed_point_escalates_to_a_full_solve_when_the_kept_vector_is_useless():
     model, optimizer, probe = trained_mlp(5)
-    curvature = CurvatureProbe(model, optimizer, cases.cross_entropy, probe, tol=1e-8, max_hvps=200)
+    curvature = CurvatureMeter(model, optimizer, cases.cross_entropy, probe, CurvatureConfig(tol=1e-8, max_hvps=200))
     curvature.measure()
     rng = torch.Generator().manual_seed(3)
     curvature.vectors = torch.randn(curvature.vectors.shape, generator=rng, dtype=torch.float64)
@@ -116,7 +117,7 @@ def test_streamed_preconditioned_sharpness_matches_a_full_solve_for_adam():
     model = cases.mlp(seed=0, dtype=torch.float64)
     probe = [(x.double(), y) for x, y in cases.digits_probe(sizes=(64,))]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    curvature = CurvatureProbe(model, optimizer, cases.cross_entropy, probe, tol=1e-8, max_hvps=200)
+    curvature = CurvatureMeter(model, optimizer, cases.cross_entropy, probe, CurvatureConfig(tol=1e-8, max_hvps=200))
     for step in range(40):
         optimizer.zero_grad()
         cases.cross_entropy(model, probe[0]).backward()
@@ -139,7 +140,7 @@ def test_the_first_preconditioned_point_streams_from_the_hessians_vector_when_it
     model = cases.mlp(seed=0, dtype=torch.float64)
     probe = [(x.double(), y) for x, y in cases.digits_probe(sizes=(64,))]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    curvature = CurvatureProbe(model, optimizer, cases.cross_entropy, probe, tol=1e-8, max_hvps=200)
+    curvature = CurvatureMeter(model, optimizer, cases.cross_entropy, probe, CurvatureConfig(tol=1e-8, max_hvps=200))
     at_zero = curvature.measure()
     assert "curvature/precond/lambda_max" not in at_zero and curvature.preconditioned_vectors is None
     for _ in range(3):

@@ -17,7 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 import cases
 from edgewatch.curvature import HessianOperator, lanczos
 from edgewatch.curvature import hessian as hessian_module
-from edgewatch.hooks.probes.curvature import CurvatureProbe
+from edgewatch.hooks.config import CurvatureConfig
+from edgewatch.hooks.meters.curvature import CurvatureMeter
 from shards import probe_shard, union
 from spawning import run_ranks
 
@@ -64,7 +65,7 @@ def measure(rank: int | None, dtype: torch.dtype, wrap) -> dict:
     if dtype == torch.float32:  # the whole probe, logits and attention logits included
         attending = Attending()
         optimizer = torch.optim.SGD(attending.parameters(), lr=0.05, momentum=0.9)
-        probe_ = CurvatureProbe(wrap(attending), optimizer, cases.cross_entropy, probe, k=2, tol=1e-6, max_hvps=120)
+        probe_ = CurvatureMeter(wrap(attending), optimizer, cases.cross_entropy, probe, CurvatureConfig(k=2, tol=1e-6, max_hvps=120))
         results["probe"] = {name: float(value) for name, value in probe_.measure().items()}
     return results
 

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 import cases
 import edgewatch as ew
-from edgewatch.hooks.probes import grads
-from edgewatch.hooks.probes.grads import GradientRecorder, parameter_and_update_norms
+from edgewatch.hooks.meters import grads
+from edgewatch.hooks.meters.grads import GradientRecorder, parameter_and_update_norms
 
 
 def _cross_entropy(model: nn.Module, batch) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgewatch.hooks.probes.grads import GradientRecorder, parameter_and_update_norms
+from edgewatch.hooks.meters.grads import GradientRecorder, parameter_and_update_norms
 
 
 def _model() -> nn.Module:
@@ -289,7 +289,7 @@ def test_the_monitor_refuses_an_unknown_module_metrics():
 def test_the_epsilon_share_under_amsgrad_reads_the_running_maximum():
     """AMSGrad divides by max v̂, not by the current v̂: where v has decayed below ε² but its maximum
     has not, ε does not dominate the step."""
-    from edgewatch.hooks.probes.grads import adam_epsilon_fraction
+    from edgewatch.hooks.meters.grads import adam_epsilon_fraction
 
     parameter = torch.nn.Parameter(torch.zeros(4))
     optimizer = torch.optim.Adam([parameter], lr=0.1, amsgrad=True)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention as attention_imported_by_name
 
 import cases
-from edgewatch.hooks.probes.logits import LogitRecorder, output_logit_metrics
+from edgewatch.hooks.meters.logits import LogitRecorder, output_logit_metrics
 
 
 def test_output_logit_metrics_are_the_formulas():
@@ -117,7 +117,7 @@ def test_recording_needs_no_transformers():
         "import sys; sys.modules['transformers'] = None\n"  # makes `import transformers` raise
         "sys.path.insert(0, 'tests')\n"
         "import torch, cases, edgewatch\n"
-        "from edgewatch.hooks.probes.logits import LogitRecorder\n"
+        "from edgewatch.hooks.meters.logits import LogitRecorder\n"
         "model = cases.block(); recorder = LogitRecorder(model)\n"
         "with torch.no_grad(), recorder.recording():\n"
         "    model(cases.token_probe(batches=1)[0][:, :-1])\n"

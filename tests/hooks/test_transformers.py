@@ -65,7 +65,7 @@ def test_monitor_reads_a_hugging_face_model(make):
 def test_gpt2_attention_logits_match_its_weights():
     model = gpt2().eval()
     tokens = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(2))
-    recorder = ew.hooks.probes.logits.LogitRecorder(model)
+    recorder = ew.hooks.meters.logits.LogitRecorder(model)
     with torch.no_grad(), recorder.recording():
         model(input_ids=tokens)
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_eager_attention_logits_match_the_query_key_products(make, scores_of):
     tokens = torch.randint(1, 50, (2, 10), generator=torch.Generator().manual_seed(2))
     padding = torch.ones(2, 10, dtype=torch.long)
     padding[1, :3] = 0  # left padding: the second sequence's first three keys are masked out
-    recorder = ew.hooks.probes.logits.LogitRecorder(model)
+    recorder = ew.hooks.meters.logits.LogitRecorder(model)
     with torch.no_grad(), recorder.recording():
         model(input_ids=tokens, attention_mask=padding)
     metrics = recorder.metrics()
@@ -172,7 +172,7 @@ def test_recording_eager_attention_changes_no_output_or_gradient(make):
     runs = []
     for record in (False, True):
         model = make()  # train mode; its dropout probabilities are 0 only where the config says so
-        recorder = ew.hooks.probes.logits.LogitRecorder(model)
+        recorder = ew.hooks.meters.logits.LogitRecorder(model)
         torch.manual_seed(4)  # the same dropout masks in both runs
         with recorder.recording() if record else contextlib.nullcontext():
             out = model(input_ids=tokens, labels=tokens)
@@ -209,7 +209,7 @@ def test_monitor_reads_eager_attention(make):
 def test_attention_of_another_model_is_not_counted():
     model, other = eager_gpt2().eval(), eager_llama().eval()
     tokens = torch.randint(1, 50, (2, 10), generator=torch.Generator().manual_seed(5))
-    recorder = ew.hooks.probes.logits.LogitRecorder(model)
+    recorder = ew.hooks.meters.logits.LogitRecorder(model)
     with torch.no_grad(), recorder.recording():
         other(input_ids=tokens)  # a different model running meanwhile, e.g. a reference model
         model(input_ids=tokens)
@@ -221,7 +221,7 @@ def test_attention_not_seen_is_reported_once():
     # GPT-2's reorder_and_upcast_attn computes eager attention in a method of its own, not seen
     model = eager_gpt2(reorder_and_upcast_attn=True).eval()
     tokens = torch.randint(1, 50, (2, 10), generator=torch.Generator().manual_seed(6))
-    recorder = ew.hooks.probes.logits.LogitRecorder(model)
+    recorder = ew.hooks.meters.logits.LogitRecorder(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
@@ -246,7 +246,7 @@ def test_eager_t5_position_bias_counts_as_in_sdpa():
         config = T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                           decoder_start_token_id=0, attn_implementation=implementation)
         model = T5ForConditionalGeneration(config).eval()
-        recorder = ew.hooks.probes.logits.LogitRecorder(model)
+        recorder = ew.hooks.meters.logits.LogitRecorder(model)
         with torch.no_grad(), recorder.recording():
             model(input_ids=tokens, decoder_input_ids=tokens)
         metrics[implementation] = recorder.metrics()

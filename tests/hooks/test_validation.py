@@ -15,7 +15,6 @@ import cases
 import edgewatch as ew
 from edgewatch.curvature import HessianOperator
 from edgewatch.hooks import validation
-from edgewatch.hooks.probes.curvature import CurvatureProbe
 
 
 def tiny():
@@ -77,8 +76,10 @@ def test_every_keyword_argument_of_the_monitor_has_a_check():
     parameters = inspect.signature(ew.Monitor.__init__).parameters.values()
     keywords = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert keywords == set(validation._SETTINGS)
-    defaults = {p.name: p.default for p in parameters if p.name in validation._DEFAULTS}
-    assert defaults == validation._DEFAULTS  # what a callback's Monitor gets when not given
+    # the curvature settings' defaults are CurvatureConfig's, declared once
+    config = ew.hooks.CurvatureConfig()
+    assert {p.name: p.default for p in parameters if hasattr(config, p.name)} == {
+        name: getattr(config, name) for name in ("k", "tol", "max_hvps", "method", "seed", "train")}
 
 
 def test_good_settings_at_their_edges_pass():
@@ -93,10 +94,9 @@ def test_good_settings_at_their_edges_pass():
     ({"stream_drop": 1.5}, r"stream_drop must be .* got 1\.5"),
     ({"k": 0}, r"k must be an integer >= 1, got 0"),
 ])
-def test_the_curvature_probe_refuses_bad_settings(settings, match):
-    model, optimizer, probe = tiny()
+def test_the_curvature_config_refuses_bad_settings_when_it_is_written(settings, match):
     with pytest.raises(ValueError, match=match):
-        CurvatureProbe(model, optimizer, cases.cross_entropy, probe, **settings)
+        ew.hooks.CurvatureConfig(**settings)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [

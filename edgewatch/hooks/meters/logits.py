@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from edgewatch import names
 from edgewatch.distributed import gather
-from edgewatch.hooks.probes import hf_attention
-from edgewatch.hooks.probes.blocks import ROOT
+from edgewatch.hooks.meters import hf_attention
+from edgewatch.hooks.meters.blocks import ROOT
 
 __all__ = ["LogitRecorder", "output_logit_metrics"]
 

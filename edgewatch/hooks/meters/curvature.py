@@ -6,7 +6,7 @@ from the previous probe's Ritz vectors), the preconditioned sharpness
 the directional sharpness :math:`g^\top Hg / g^\top g`, the share of the gradient in the top-k
 eigenspace :math:`\|V_k^\top g\|^2/\|g\|^2` (Gur-Ari et al. 2018), and where the top eigenvector
 lives (its energy per module); and, from the same forward passes, the output and attention
-logits (:mod:`~edgewatch.hooks.probes.logits`). All solves of one probe share one gradient graph.
+logits (:mod:`~edgewatch.hooks.meters.logits`). All solves of one probe share one gradient graph.
 
 A probe is *full* (warm-started Lanczos to ``tol``, and everything above) or *streamed*: between
 full solves the kept top eigenvector is refreshed with a few HVPs (:func:`~edgewatch.curvature.refine`:
@@ -61,34 +61,28 @@ from edgewatch import names
 from edgewatch.curvature import EigenResult, HessianOperator, lanczos, refine
 from edgewatch.curvature.sharding import all_finite, inner, sum_over_shards
 from edgewatch.distributed import GroupSpec
-from edgewatch.hooks.probes.blocks import module_key
-from edgewatch.hooks.probes.grads import module_of
-from edgewatch.hooks.probes.logits import LogitRecorder
-from edgewatch.hooks.validation import check_count, check_curvature_settings, check_relative, check_trainable
+from edgewatch.hooks.config import CurvatureConfig
+from edgewatch.hooks.meters.blocks import module_key
+from edgewatch.hooks.meters.grads import module_of
+from edgewatch.hooks.meters.logits import LogitRecorder
+from edgewatch.hooks.validation import check_trainable
 from edgewatch.optimizers import OptimizerStateError, UnsupportedOptimizerError, adapter_for, preconditioned_operator
 
-__all__ = ["CurvatureProbe"]
+__all__ = ["CurvatureMeter"]
 
 
-class CurvatureProbe:
-    """Measures curvature of ``loss_fn`` on ``probe`` over the parameters ``optimizer`` updates.
+class CurvatureMeter:
+    """Measures curvature of ``loss_fn`` on the ``probe`` batches over the parameters ``optimizer``
+    updates, as ``config`` says.
 
     Args:
-        k: how many top eigenvalues of H to report (≥ 1).
-        tol, max_hvps: Lanczos tolerance (a relative residual in (0, 1)) and HVP budget per
-            solve (≥ k).
-        stream_hvps: the most HVPs per operator of a streamed point (≥ 1).
-        stream_tol: the relative residual a streamed λ₁ must meet, else the probe escalates
-            (in (0, 1)).
-        stream_drop: the relative fall from the last reported λ₁ beyond which a streamed point
-            escalates (a catapult, or a crossing of eigenvalues, deserves a full look; in (0, 1)).
+        config: the solver's and the operator's settings (:class:`CurvatureConfig`).
         module_metrics: ``curvature/top_energy/<module>`` per block (``"blocks"``) or per leaf
-            module (``"leaf"``): see :mod:`~edgewatch.hooks.probes.blocks`.
-        method, seed, train, process_group: see :class:`~edgewatch.curvature.HessianOperator`.
+            module (``"leaf"``): see :mod:`~edgewatch.hooks.meters.blocks`.
+        process_group: see :class:`~edgewatch.curvature.HessianOperator`.
 
     Raises:
-        ValueError: any setting above out of range (the message names it and the fix), an
-            optimizer that updates no parameter of the model, or only frozen ones.
+        ValueError: an optimizer that updates no parameter of the model, or only frozen ones.
     """
 
     def __init__(
@@ -97,34 +91,25 @@ class CurvatureProbe:
         optimizer: torch.optim.Optimizer,
         loss_fn: Any,
         probe: Iterable[Any],
+        config: CurvatureConfig | None = None,
         *,
-        k: int = 1,
-        tol: float = 1e-3,
-        max_hvps: int = 100,
-        stream_hvps: int = 4,
-        stream_tol: float = 0.05,
-        stream_drop: float = 0.3,
         module_metrics: str = "blocks",
-        method: str = "auto",
-        seed: int = 0,
-        train: bool | None = True,
         process_group: GroupSpec = None,
     ) -> None:
+        config = CurvatureConfig() if config is None else config
         check_trainable(model, optimizer)
-        check_curvature_settings(k, tol, max_hvps)
-        check_count("stream_hvps", stream_hvps, fix="the most products of a streamed point, e.g. stream_hvps=4")
-        check_relative("stream_tol", stream_tol, "the relative residual a streamed λ₁ must meet, e.g. stream_tol=0.05")
-        check_relative("stream_drop", stream_drop, "the relative fall that calls for a full solve, e.g. stream_drop=0.3")
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         # Tensors, not names: a DDP or compiled wrapper names them differently from the module inside.
         params = [p for p in model.parameters() if id(p) in optimized and p.requires_grad]
         self.hessian = HessianOperator(
-            model, loss_fn, probe, params=params, method=method, seed=seed, train=train, process_group=process_group
+            model, loss_fn, probe, params=params, method=config.method, seed=config.seed, train=config.train,
+            process_group=process_group,
         )
         self.optimizer = optimizer
-        self.k = min(k, self.hessian.size)
-        self.tol, self.max_hvps = tol, max_hvps
-        self.stream_hvps, self.stream_tol, self.stream_drop = stream_hvps, stream_tol, stream_drop
+        self.config = config
+        self.k = min(config.k, self.hessian.size)
+        self.tol, self.max_hvps = config.tol, config.max_hvps
+        self.stream_hvps, self.stream_tol, self.stream_drop = config.stream_hvps, config.stream_tol, config.stream_drop
         self.vectors: Tensor | None = None  # warm start for H
         self.preconditioned_vectors: Tensor | None = None  # warm start for S^½(H+W)S^½
         self._last: dict[str, float] = {}  # the last reported λ₁ of each operator, for the drop test

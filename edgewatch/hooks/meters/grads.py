@@ -48,7 +48,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from edgewatch import names
 from edgewatch.curvature.sharding import local
-from edgewatch.hooks.probes.blocks import module_key
+from edgewatch.hooks.meters.blocks import module_key
 
 __all__ = [
     "GradientRecorder", "HostReduction", "adam_epsilon_fraction", "module_of", "over_shards", "parameter_and_update_norms",
@@ -87,7 +87,7 @@ class GradientRecorder:
                  clock: Callable[[], float] = time.perf_counter) -> None:
         """Watch ``params`` (default: every trainable parameter of ``model``), named as in the model;
         ``grad/norm/<module>`` per block or per leaf module, as ``module_metrics`` says
-        (:mod:`~edgewatch.hooks.probes.blocks`); ``clock`` times the measurements (the budget's)."""
+        (:mod:`~edgewatch.hooks.meters.blocks`); ``clock`` times the measurements (the budget's)."""
         self._clock = clock
         watched = {id(p) for p in params} if params is not None else None
         named = [(name, p) for name, p in model.named_parameters()
