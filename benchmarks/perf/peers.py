@@ -111,10 +111,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread 
 
 import argparse
 import contextlib
-import copy
 import cProfile
 import gc
-import hashlib
 import importlib
 import io
 import json
@@ -137,6 +135,8 @@ TRUTH_DIR = HERE / "truth"  # ground truth computed once per model, batch and to
 if str(HERE) not in sys.path:  # run as a script or imported by the tests
     sys.path.insert(0, str(HERE))
 
+from peer_tools import DEFAULTS, MODULES, RUNNERS, Meter, TimedOut, sweeps
+from peer_truth import float64_copy, ground_truth, jsonable
 from workloads import (
     NAMES,
     Workload,
@@ -149,7 +149,7 @@ from workloads import (
     time_median,
 )
 
-from edgewatch.curvature import HessianOperator, as_scipy_operator, lanczos
+from edgewatch.curvature import HessianOperator
 
 NAME = "peers"
 DEFAULT_OUT = HERE.parents[0] / "results" / "perf"
@@ -158,281 +158,6 @@ TOOLS = ("edgewatch", "eigsh", "pyhessian", "eigenthings", "curvlinops")
 LONG_RUN = 1.0  # seconds: a setting slower than this is timed once (after its sweep run) instead of 3 times
 LARGE_ROWS = 512  # large_mlp's batch here: ~0.26 s per HVP instead of ~1.2 s, so every tool fits the budget
 GOALS = {"pyhessian": 3.0, "eigsh": 1.5}  # edgewatch at most 1/x of that tool's time
-
-
-class TimedOut(Exception):
-    """A setting ran past its time cap."""
-
-
-class Meter:
-    """Counts the HVPs of one solve and the seconds spent inside them; aborts past the deadline."""
-
-    def __init__(self, cap: float) -> None:
-        self.count = 0
-        self.hvp_seconds = 0.0
-        self.deadline = time.perf_counter() + cap
-
-    def wrap(self, fn: Callable) -> Callable:
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            if start > self.deadline:
-                raise TimedOut
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.count += 1
-                self.hvp_seconds += time.perf_counter() - start
-
-        return counted
-
-
-class CountedOperator:
-    """An edgewatch operator whose products go through a :class:`Meter`; entering it enters the
-    operator, so the gradient graph is still reused within one solve."""
-
-    def __init__(self, op: HessianOperator, meter: Meter) -> None:
-        self.op = op
-        self._call = meter.wrap(op.__call__)
-
-    shape = property(lambda self: self.op.shape)
-    dtype = property(lambda self: self.op.dtype)
-    device = property(lambda self: self.op.device)
-
-    def __call__(self, v: Tensor) -> Tensor:
-        return self._call(v)
-
-    def __enter__(self) -> CountedOperator:
-        self.op.__enter__()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.op.__exit__(*exc_info)
-
-
-def _descending(values: Any) -> np.ndarray:
-    return np.sort(np.asarray(values, dtype=np.float64).reshape(-1))[::-1]
-
-
-def _start_vector(n: int) -> np.ndarray:
-    """The same ARPACK start vector for every scipy-based tool (ARPACK's own is process-dependent)."""
-    return np.random.default_rng(0).standard_normal(n)
-
-
-def _eigsh(operator: Any, k: int, setting: dict[str, Any]) -> np.ndarray:
-    from scipy.sparse.linalg import eigsh
-
-    values = eigsh(operator, k=k, which="LA", tol=setting.get("tol", 0.0), ncv=setting.get("ncv"),
-                   v0=_start_vector(operator.shape[0]), return_eigenvectors=False)
-    return _descending(values)
-
-
-# -- the tools ------------------------------------------------------------------------------------
-# Each runner solves once, from scratch (operator construction included), and returns the k
-# eigenvalues in descending order; ``meter`` counts its HVPs.
-def run_edgewatch(w: Workload, k: int, setting: dict[str, Any], meter: Meter) -> np.ndarray:
-    method = setting.get("method", "auto")  # "auto" always, except in the profile of a miss
-    op = CountedOperator(HessianOperator(w.model, w.loss_fn, [w.batch], method=method), meter)
-    result = lanczos(op, k=k, tol=setting["tol"], max_hvps=setting.get("max_hvps"))
-    return _descending(result.eigenvalues)
-
-
-def run_eigsh(w: Workload, k: int, setting: dict[str, Any], meter: Meter) -> np.ndarray:
-    op = CountedOperator(HessianOperator(w.model, w.loss_fn, [w.batch], method="auto"), meter)
-    with op:  # reuse the gradient graph for the whole ARPACK run
-        return _eigsh(as_scipy_operator(op), k, setting)
-
-
-def run_pyhessian(w: Workload, k: int, setting: dict[str, Any], meter: Meter) -> np.ndarray:
-    module = importlib.import_module("pyhessian.hessian")  # the package re-exports the class under that name
-    model, criterion, data = as_supervised(w)
-    original = module.hessian_vector_product
-    module.hessian_vector_product = meter.wrap(original)  # the name its eigenvalues() calls
-    torch.manual_seed(0)  # its start vectors come from the global RNG
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # backward(create_graph=True) reference-cycle warning
-            h = module.hessian(model, criterion, data=data, cuda=False)
-            values, _ = h.eigenvalues(maxIter=setting["maxIter"], tol=setting["tol"], top_n=k)
-    finally:
-        module.hessian_vector_product = original
-        model.zero_grad(set_to_none=True)  # it leaves .grad holding the double-backward graph
-        model.train()  # it switched the model to eval mode
-    return _descending(values)
-
-
-def run_eigenthings(w: Workload, k: int, setting: dict[str, Any], meter: Meter) -> np.ndarray:
-    from hessian_eigenthings import HessianOperator as ETHessian
-    from hessian_eigenthings import lanczos as et_lanczos
-    from hessian_eigenthings import supervised_loss
-
-    model, criterion, data = as_supervised(w)
-    op = ETHessian(model, [data], supervised_loss(criterion))
-    op.matvec = meter.wrap(op.matvec)  # lanczos calls operator.matvec
-    result = et_lanczos(op, k=k, seed=0, **setting)
-    return _descending(result.eigenvalues.detach().cpu())
-
-
-def run_curvlinops(w: Workload, k: int, setting: dict[str, Any], meter: Meter) -> np.ndarray:
-    from curvlinops import HessianLinearOperator
-    from scipy.sparse.linalg import LinearOperator
-
-    model, criterion, (x, y) = as_supervised(w)
-    params = [p for p in model.parameters() if p.requires_grad]
-    hessian = HessianLinearOperator(model, criterion, params, [(x, y)], check_deterministic=False,
-                                    num_data=x.shape[0]).to_scipy(dtype=np.float64)
-    matvec = meter.wrap(hessian.matvec)
-    counted = LinearOperator(hessian.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64)
-    return _eigsh(counted, k, setting)
-
-
-RUNNERS: dict[str, Callable[[Workload, int, dict[str, Any], Meter], np.ndarray]] = {
-    "edgewatch": run_edgewatch, "eigsh": run_eigsh, "pyhessian": run_pyhessian,
-    "eigenthings": run_eigenthings, "curvlinops": run_curvlinops,
-}
-MODULES = {"pyhessian": "pyhessian", "eigenthings": "hessian_eigenthings", "curvlinops": "curvlinops"}
-
-
-def sweeps(tool: str, k: int, n: int, large: bool, ncv: int | None = None) -> list[list[dict[str, Any]]]:
-    """Families of settings, each ordered from cheapest to dearest: a family stops at its first
-    setting that reaches the target (the dearer ones would too, at more cost) or times out.
-    ``ncv``: curvlinops runs the same ARPACK as eigsh, so it sweeps tol at the ncv that was
-    cheapest for eigsh only (halves its sweep)."""
-    # Half decades, so that the step of the sweep decides little: (1e-1,) 3e-2, 1e-2, ..., 1e-8.
-    tols = [float(f"{m}e{e}") for e in range(-2, -9, -1) for m in (3, 1)]
-    if tool == "edgewatch":
-        return [[{"tol": t} for t in (tols[1:6] if large else tols)]]
-    if tool in ("eigsh", "curvlinops"):
-        if large:
-            return [[{"tol": t} for t in (1e-2, 1e-3)]]
-        small = min(n - 1, max(2 * k + 1, 8))
-        families = [[{"tol": t, "ncv": small} for t in [1e-1, *tols]], [{"tol": t} for t in [1e-1, *tols]]]
-        if tool == "curvlinops" and ncv != -1:
-            families = [families[0] if ncv == small else families[1]]
-        return families
-    if tool == "pyhessian":
-        if large:
-            return [[{"maxIter": 1000, "tol": t} for t in (3e-4, 1e-4, 3e-5, 1e-5)]]
-        # maxIter high enough never to cut a run short (a loose tol stops early, as at maxIter=100).
-        return [[{"maxIter": 1000, "tol": t} for t in tols[2:]]]
-    if tool == "eigenthings":
-        steps = [2, 5, 10, 15, 20, 30, 40, 50, 70, 100] if k == 1 else [10, 15, 20, 25, 30, 40, 50, 70, 100]
-        if large:
-            steps = [10, 15, 20, 30, 40] if k == 1 else [30, 50]
-        return [[{"max_iter": m, "which": "LA", **({"reorthogonalize": True} if m > 50 else {})}
-                 for m in steps if m < n]]
-    raise ValueError(f"unknown tool {tool!r}")
-
-
-# Each tool called with its own defaults, for the record: eigenthings' (max_iter=2k, which="LM"),
-# and, on top-1, PyHessian's (maxIter=100, tol=1e-3) and edgewatch's (tol=1e-4). (eigsh's and
-# curvlinops' default is tol=0, machine precision: costly and beside the point.)
-DEFAULTS = {"edgewatch": {"tol": 1e-4}, "pyhessian": {"maxIter": 100, "tol": 1e-3}, "eigenthings": {}}
-
-
-# -- ground truth ---------------------------------------------------------------------------------
-def _float64_copy(w: Workload) -> Workload:
-    x, y = w.batch
-    return Workload(w.name, copy.deepcopy(w.model).double(), w.loss_fn,
-                    (x.double() if x.is_floating_point() else x, y))
-
-
-def dense_hessian(w: Workload, chunk: int = 32) -> Tensor:
-    """The dense float64 Hessian of a float64 copy, ``chunk`` rows per batched double backward
-    through one gradient graph (``is_grads_batched``). About 6 ms a row for the 26k MLP: minutes."""
-    w64 = _float64_copy(w)
-    params = [p for p in w64.model.parameters() if p.requires_grad]
-    gradient = torch.autograd.grad(w64.loss_fn(w64.model, w64.batch), params, create_graph=True)
-    sizes = [p.numel() for p in params]
-    n = sum(sizes)
-    hessian = torch.empty(n, n, dtype=torch.float64)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        units = torch.zeros(stop - start, n, dtype=torch.float64)
-        units[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-        directions = [u.reshape(stop - start, *p.shape) for u, p in zip(units.split(sizes, dim=1), params)]
-        rows = torch.autograd.grad(gradient, params, grad_outputs=directions, retain_graph=True, is_grads_batched=True)
-        hessian[start:stop] = torch.cat([r.reshape(stop - start, -1) for r in rows], dim=1)
-    return hessian
-
-
-def _cache_key(w: Workload) -> str:
-    """Hash of everything the truth depends on: parameters, batch, torch version."""
-    digest = hashlib.sha256(torch.__version__.encode())  # the file name carries the workload
-    for tensor in [*w.model.state_dict().values(), *w.batch]:
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _lanczos64(w: Workload, k: int = 5) -> tuple[np.ndarray, Any]:
-    """edgewatch's Lanczos on a float64 copy at tol 1e-10."""
-    w64 = _float64_copy(w)
-    op = HessianOperator(w64.model, w64.loss_fn, [w64.batch], method="double_backward")
-    result = lanczos(op, k=k, tol=1e-10, max_hvps=min(num_parameters(w.model), 800))
-    return _descending(result.eigenvalues), (op, result)
-
-
-def ground_truth(w: Workload, large: bool, cache: Path | None) -> dict[str, Any]:
-    """Top-5 eigenvalues (descending) to far better than the targets, how, and a cross-check.
-
-    The truth takes minutes (the MLP's dense Hessian: ~3 min; float64 Lanczos on the CNN and the
-    transformer: ~1 min each), so full runs keep it in ``cache``, keyed by a hash of the
-    parameters, the batch and the torch version; the MLP's cheap float64 Lanczos cross-check runs
-    every time."""
-    start = time.perf_counter()
-    path = cache / f"{w.name}-{_cache_key(w)}.json" if cache is not None else None
-    if path is not None and path.exists():
-        truth = json.loads(path.read_text())
-        truth["method"] += f" [cached: computed {truth['computed']} in {truth['seconds']:.0f} s]"
-    else:
-        truth = _compute_truth(w, large)
-        truth.update(seconds=time.perf_counter() - start, computed=time.strftime("%Y-%m-%d %H:%M"))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_jsonable(truth)))
-    if w.name == "mlp":
-        check, _ = _lanczos64(w)
-        values = np.asarray(truth["eigenvalues"])
-        truth["cross_check"] = check.tolist()
-        truth["cross_check_how"] = "edgewatch lanczos on a float64 copy, tol 1e-10"
-        truth["cross_check_relative_difference"] = float(np.max(np.abs(values - check) / np.abs(values)))
-    truth["seconds_this_run"] = time.perf_counter() - start
-    return truth
-
-
-def _compute_truth(w: Workload, large: bool) -> dict[str, Any]:
-    n = num_parameters(w.model)
-    if w.name == "mlp":
-        from scipy.sparse.linalg import eigsh
-
-        hessian = dense_hessian(w)
-        asymmetry = float((hessian - hessian.T).abs().max() / hessian.abs().max())
-        if n <= 4000:
-            values = _descending(torch.linalg.eigvalsh(hessian).numpy())[:5]
-            how = "dense float64 Hessian (rows by double backward on a float64 copy), eigvalsh"
-        else:
-            values = _descending(eigsh(hessian.numpy(), k=5, which="LA", tol=1e-14, v0=_start_vector(n),
-                                       return_eigenvectors=False))
-            how = "dense float64 Hessian (rows by double backward on a float64 copy), top 5 by ARPACK at tol 1e-14"
-        return {"eigenvalues": values.tolist(), "method": how, "asymmetry": asymmetry}
-    if not large:
-        values, (op, result) = _lanczos64(w)
-        with op:
-            check = _eigsh(as_scipy_operator(op), 5, {"tol": 1e-12})
-        how = ("edgewatch lanczos on a float64 copy, tol 1e-10 "
-               f"({result.num_hvps} HVPs, converged={result.converged})")
-        check_how, top = "scipy eigsh on the same float64 operator, tol 1e-12", 5
-    else:
-        op = HessianOperator(w.model, w.loss_fn, [w.batch], method="double_backward")
-        result = lanczos(op, k=5, tol=1e-7, max_hvps=min(n, 300))
-        with op:
-            check = _eigsh(as_scipy_operator(op), 1, {"tol": 1e-7})
-        values = _descending(result.eigenvalues)
-        how = ("edgewatch lanczos in float32 (float64 too slow here), tol 1e-7 "
-               f"({result.num_hvps} HVPs, converged={result.converged})")
-        check_how, top = "scipy eigsh (top 1) on the same float32 operator, tol 1e-7", 1
-    disagreement = float(np.max(np.abs(values[:top] - check[:top]) / np.abs(values[:top])))
-    return {"eigenvalues": values.tolist(), "method": how, "cross_check": check.tolist(), "cross_check_how": check_how,
-            "cross_check_relative_difference": disagreement, "residuals": result.residuals.numpy().tolist()}
 
 
 # -- measuring one tool -----------------------------------------------------------------------
@@ -571,7 +296,7 @@ def hvp_agreement(w: Workload, tools: list[str]) -> dict[str, float]:
     slow solver."""
     n = num_parameters(w.model)
     v = torch.randn(n, generator=torch.Generator().manual_seed(3))
-    w64 = _float64_copy(w)
+    w64 = float64_copy(w)
     reference = HessianOperator(w64.model, w64.loss_fn, [w64.batch], method="double_backward")(v.double())
     model, criterion, (x, y) = as_supervised(w)
     ours = HessianOperator(w.model, w.loss_fn, [w.batch], method="auto")
@@ -855,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                "versions": _versions(tools), "results": results, "seconds": seconds}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{NAME}.json"
-    path.write_text(json.dumps(_jsonable(payload), indent=1, allow_nan=False))
+    path.write_text(json.dumps(jsonable(payload), indent=1, allow_nan=False))
     print(f"\n{NAME}: {seconds:.0f} s; wrote {path}")
     return 0
 
@@ -872,19 +597,6 @@ def _versions(tools: list[str]) -> dict[str, str]:
     return versions
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON: numpy scalars as numbers, inf and NaN as strings."""
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 if __name__ == "__main__":

@@ -97,14 +97,14 @@ from common import (
     cross_entropy,
     digits,
     finding,
+    finish,
     mlp,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
     watched_run,
-    write_results,
 )
 
 from edgewatch import names
@@ -336,9 +336,7 @@ def figure(runs: dict[str, dict[str, Any]], path) -> None:
     first = next(iter(runs.values()))
     fig.suptitle(f"Adam's ε vs the gradient scale (loss × c), MLP on digits, {first['steps']} steps of full-batch "
                  f"training, η={LR:g} (after Everett et al. 2024)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,10 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = (f"g_rms (unscaled gradient RMS per coordinate at step 1) = {g_rms:.3g}; rho = (eps/c)/g_rms; "
              f"regimes: rho <= {NEGLIGIBLE:g} negligible, >= {DOMINANT:g} dominant. "
              f"Process CPU {cpu:.0f} s (wall {seconds:.0f} s).")
-    write_results(args.out, NAME, findings, runs=runs, seconds=seconds, smoke=args.smoke, notes=notes)
-    print_findings(findings)
-    print(f"{NAME}: {seconds:.0f} s wall, {cpu:.0f} s CPU; figure {args.out / (NAME + '.png')}", flush=True)
-    return 0
+    return finish(args, NAME, findings, runs, seconds, notes=notes, cpu=cpu)
 
 
 if __name__ == "__main__":

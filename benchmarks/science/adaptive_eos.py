@@ -74,16 +74,16 @@ from common import (
     cnn,
     digits,
     finding,
+    finish,
     fraction_within,
     mlp,
     mse,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
     watched_run,
-    write_results,
 )
 from torch import nn
 
@@ -250,9 +250,7 @@ def figure(settings: tuple[Setting, ...], runs: dict[str, Any], path) -> None:
         bottom.set(ylabel="raw sharpness λ1(H)", xlabel="step")
         bottom.set_ylim(bottom=0)
     fig.text(0.5, 0.005, "dotted: eos_reached (r = η·λ1(P⁻½HP⁻½)/38 ≥ 0.95)", ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.015, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, rect=(0, 0.015, 1, 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     notes = (f"curvature every {SMOKE_EVERY if args.smoke else EVERY} steps on the full batch; "
              f"process CPU time {cpu:.0f} s (wall {seconds:.0f} s on a shared machine)")
-    write_results(args.out, NAME, findings, runs=runs, seconds=seconds, smoke=args.smoke, notes=notes)
-    print_findings(findings)
-    print(f"{NAME}: {seconds:.0f} s wall, {cpu:.0f} s CPU; figure {args.out / (NAME + '.png')}", flush=True)
-    return 0
+    return finish(args, NAME, findings, runs, seconds, notes=notes, cpu=cpu)
 
 
 if __name__ == "__main__":

@@ -93,18 +93,18 @@ import torch
 import torch.nn.functional as F
 from common import (
     finding,
+    finish,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
     watched_run,
-    write_results,
 )
 from torch import nn
 
 import edgewatch as ew
-from edgewatch.hooks.probes.logits import Z_LOSS_WEIGHT
+from edgewatch.hooks.meters.logits import Z_LOSS_WEIGHT
 
 NAME = "attention_logits"
 PAPER = "Wortsman et al. 2023"
@@ -404,9 +404,7 @@ def draw(runs: dict[str, dict[str, Any]], path: Path) -> None:
         ax.legend()
     axes[1, 0].axhline(0, color="grey", lw=0.8, ls=":")
     fig.suptitle("Wortsman et al. 2023 at small scale: byte-level transformer on stdlib source")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,14 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         runs[setting.name] = summary(setting, result)
 
     findings = sweep_findings(runs) + z_loss_findings(runs[settings[-2].name], runs[settings[-1].name])
-    print_findings(findings)
     draw(runs, args.out / f"{NAME}.png")
     seconds = time.perf_counter() - start
-    write_results(args.out, NAME, findings, runs=runs, seconds=seconds, smoke=args.smoke,
+    return finish(args, NAME, findings, runs, seconds,
                   notes="eval loss = the Monitor's curvature/probe_loss on 8 held-out sequences (z-loss term removed); "
                         "one seed; the corpus is this machine's stdlib, so numbers differ slightly between Pythons")
-    print(f"{NAME}: {seconds:.1f} s; figure {args.out / f'{NAME}.png'}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -60,14 +60,14 @@ import torch
 from common import (
     digits,
     finding,
+    finish,
     mse,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
     watched_run,
-    write_results,
 )
 from torch import nn
 
@@ -241,9 +241,7 @@ def figure(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     first = next(iter(summaries.values()))
     fig.suptitle(f"Catapult: 2-layer ReLU net (width {first['width']}, NTK parametrization), GD on {first['n_data']} digits, square loss "
                  "(after Lewkowycz et al. 2020)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,11 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     findings = phase_findings(summaries) + [detector_finding(summaries)]
     seconds = time.perf_counter() - start
     figure(summaries, args.out / f"{NAME}.png")
-    write_results(args.out, NAME, findings, runs=summaries, seconds=seconds, smoke=args.smoke,
+    return finish(args, NAME, findings, summaries, seconds,
                   notes=f"lambda_0 = {lam0:.6g} by Lanczos on the full batch at initialization (the same init for "
                         f"every eta, seed {args.seed}); curvature every step to {EARLY}, then every 10.")
-    print_findings(findings)
-    return 0
 
 
 if __name__ == "__main__":

@@ -111,6 +111,27 @@ def print_findings(findings: Iterable[dict[str, Any]]) -> None:
         print(f"  [{mark}] {row['setting']}: {row['measured']}  (criterion: {row['criterion']})", flush=True)
 
 
+class Stopwatch:
+    """Wall and process CPU time since it was made (on a shared machine the CPU time is the steadier)."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds)."""
+        return time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+
+def finish(args: argparse.Namespace, name: str, findings: list[dict[str, Any]], runs: dict[str, Any],
+           seconds: float, notes: str = "", cpu: float | None = None) -> int:
+    """The end of every benchmark's ``main()``: its JSON written, its findings and timing printed; 0."""
+    write_results(args.out, name, findings, runs=runs, seconds=seconds, smoke=args.smoke, notes=notes)
+    print_findings(findings)
+    used = f"{seconds:.0f} s wall" + ("" if cpu is None else f", {cpu:.0f} s CPU")
+    print(f"{name}: {used}; figure {args.out / (name + '.png')}", flush=True)
+    return 0
+
+
 # -- data and models -------------------------------------------------------------------------
 def digits(n: int = 1000, *, images: bool = False, seed: int = 1234) -> Batch:
     """``n`` scikit-learn digits (a fixed random subset), pixels standardized; images as 1×8×8 if asked."""
@@ -284,6 +305,15 @@ def fraction_within(values: Sequence[float], target: float, rel: float) -> float
     if not values:
         return math.nan
     return sum(abs(v - target) <= rel * abs(target) for v in values if not math.isnan(v)) / len(values)
+
+
+def save_figure(fig: Any, path: Path, rect: tuple[float, float, float, float] | None = None, dpi: int = 110) -> None:
+    """Lay the figure out (within ``rect``), write it to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(**({} if rect is None else {"rect": rect}))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def require_matplotlib():

@@ -116,14 +116,14 @@ import torch
 from common import (
     digits,
     finding,
+    finish,
     mlp,
     mse,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
-    write_results,
 )
 from torch import nn
 
@@ -547,9 +547,7 @@ def figure(results: dict[str, dict[str, Any]], path) -> None:
     first = next(iter(results.values()))
     fig.suptitle(f"Critical sharpness vs the Monitor's λ_1 through the edge of stability: {first['net']}, full batch "
                  f"(after Kalra et al. 2026; dotted: t*, r ≥ {REACHED:g})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -571,10 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = (f"probes every N steps ({every}): the Monitor's full Lanczos solve and, at the "
              f"same theta, the line search (<= {MAX_PASSES} forward passes, bracket tolerance {REL_TOL:g}) and one HVP; "
              f"process CPU {cpu:.0f} s (wall {seconds:.0f} s)")
-    write_results(args.out, NAME, findings, runs=results, seconds=seconds, smoke=args.smoke, notes=notes)
-    print_findings(findings)
-    print(f"{NAME}: {seconds:.0f} s wall, {cpu:.0f} s CPU; figure {args.out / (NAME + '.png')}", flush=True)
-    return 0
+    return finish(args, NAME, findings, results, seconds, notes=notes, cpu=cpu)
 
 
 if __name__ == "__main__":

@@ -100,18 +100,18 @@ from common import (
     cnn,
     digits,
     finding,
+    finish,
     fraction_within,
     mlp,
     parse_args,
-    print_findings,
     random_labels,
     require_matplotlib,
-    sharpening,
+    save_figure,
     series,
+    sharpening,
     sharpness_series,
     thin_loss,
     watched_run,
-    write_results,
 )
 from torch import nn
 
@@ -295,9 +295,7 @@ def draw(runs: dict[str, dict[str, Any]], path) -> None:
     axes[1][0].set_ylabel("sharpness λ_1 (dashed: 2/η)")
     fig.suptitle("Full-batch gradient descent on digits: sharpness rises to 2/η and hovers there (cf. Cohen et al. 2021, Fig. 1)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,10 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = ("Curvature on the full training batch (the Hessian GD sees), Lanczos tol 1e-3, every 20 steps and at "
              "steps 1, 3, 10. Cross-entropy runs use 30% random labels (fixed): on clean digits the loss vanishes "
              "before any sharpening (the clean-label control run). Loss series in this JSON are subsampled.")
-    write_results(args.out, NAME, findings, runs=runs, seconds=seconds, smoke=args.smoke, notes=notes)
-    print(f"{NAME}: {seconds:.0f} s; {args.out / (NAME + '.json')}, {args.out / (NAME + '.png')}")
-    print_findings(findings)
-    return 0
+    return finish(args, NAME, findings, runs, seconds, notes)
 
 
 if __name__ == "__main__":

@@ -122,13 +122,13 @@ import torch.nn.functional as F
 from attention_logits import language_model_loss, stdlib_bytes, windows
 from common import (
     finding,
+    finish,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
     watched_run,
-    write_results,
 )
 from torch import nn
 
@@ -619,9 +619,7 @@ def draw(runs: dict[str, dict[str, Any]], lrs: dict[str, Any], widths: tuple[int
            title=f"(b) width {drift[0]['width'] if drift else DRIFT_WIDTH}, qk-ln, no weight decay, constant lr")
     ax.legend(fontsize=6)
     fig.suptitle("Wortsman et al. 2023 at small scale: LR sensitivity of byte-level transformers on stdlib source")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -655,14 +653,11 @@ def main(argv: list[str] | None = None) -> int:
 
     findings, lrs = sweep_findings(runs, widths)
     findings += drift_findings(runs)
-    print_findings(findings)
     draw(runs, lrs, widths, args.out / f"{NAME}.png")
     seconds = time.perf_counter() - start
-    write_results(args.out, NAME, findings, runs={"sensitivity": lrs, **runs}, seconds=seconds, smoke=args.smoke,
+    return finish(args, NAME, findings, {"sensitivity": lrs, **runs}, seconds,
                   notes="eval loss = the Monitor's curvature/probe_loss on 16 held-out sequences at the last step (z-loss "
                         "term removed); l0 = the first step's training loss (the same init for every lr); one seed")
-    print(f"{NAME}: {seconds:.1f} s; figure {args.out / f'{NAME}.png'}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -62,19 +62,19 @@ import torch
 from common import (
     digits,
     finding,
+    finish,
     fraction_within,
     mlp,
     mse,
     parse_args,
-    print_findings,
     random_labels,
     require_matplotlib,
-    sharpening,
+    save_figure,
     series,
+    sharpening,
     sharpness_series,
     thin_loss,
     watched_run,
-    write_results,
 )
 
 import edgewatch as ew
@@ -194,9 +194,7 @@ def draw(runs: dict[str, dict[str, Any]], path) -> None:
     axes[0][0].set_ylabel("train loss")
     axes[1][0].set_ylabel("sharpness λ_1 (dashed: 3.8/η; dotted: 2/η)")
     fig.suptitle("Full-batch heavy-ball momentum on digits: sharpness settles at (2+2β)/η = 3.8/η", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,10 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     notes = ("Curvature on the full training batch, Lanczos tol 1e-3, every 10 steps and at steps 1, 3, 10. 30% of the "
              "labels random (fixed) in the three main runs; the clean-label run is the contrast. Loss series subsampled.")
-    write_results(args.out, NAME, findings, runs=runs, seconds=seconds, smoke=args.smoke, notes=notes)
-    print(f"{NAME}: {seconds:.0f} s; {args.out / (NAME + '.json')}, {args.out / (NAME + '.png')}")
-    print_findings(findings)
-    return 0
+    return finish(args, NAME, findings, runs, seconds, notes)
 
 
 if __name__ == "__main__":

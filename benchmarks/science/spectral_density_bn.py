@@ -101,14 +101,14 @@ from common import (
     cross_entropy,
     digits,
     finding,
+    finish,
     mlp,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
     watched_run,
-    write_results,
 )
 from torch import nn
 
@@ -309,9 +309,7 @@ def figure(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax_overlap.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center right")
     fig.suptitle("Hessian eigenvalue density by SLQ, with and without BatchNorm (after Ghorbani et al. 2019): "
                  "digits, cross-entropy, SGD; ticks: λ_1…λ_10 by Lanczos")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     notes = (f"SLQ {SMOKE['slq_probes'] if args.smoke else SLQ_PROBES} probes × {SMOKE['slq_steps'] if args.smoke else SLQ_STEPS} "
              f"Lanczos steps on the probe batch (train mode); process CPU time {cpu:.0f} s (wall {seconds:.0f} s)")
-    write_results(args.out, NAME, findings, runs=results, seconds=seconds, smoke=args.smoke, notes=notes)
-    print_findings(findings)
-    print(f"{NAME}: {seconds:.0f} s wall, {cpu:.0f} s CPU; figure {args.out / (NAME + '.png')}", flush=True)
-    return 0
+    return finish(args, NAME, findings, results, seconds, notes=notes, cpu=cpu)
 
 
 if __name__ == "__main__":

@@ -104,13 +104,13 @@ from common import (
     cross_entropy,
     digits,
     finding,
+    finish,
     mlp,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
-    write_results,
 )
 from torch import nn
 
@@ -395,9 +395,7 @@ def figure(settings: tuple[Setting, ...], results: dict[str, dict[str, Any]], pa
                      title=f"top-{count} Hessian eigenvalues (thick: λ_{r['k']})")
         ax_eigen.legend(fontsize=7)
     fig.suptitle("Gradient descent happens in a tiny subspace (after Gur-Ari et al. 2018): digits, cross-entropy, SGD")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,10 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = (f"Monitor k={SMOKE['k'] if args.smoke else max(KS)}, full Lanczos solves on {SMOKE['probe'] if args.smoke else PROBE} "
              f"probe examples; initial phase: steps < {0 if args.smoke else INITIAL}; "
              f"process CPU time {cpu:.0f} s (wall {seconds:.0f} s on a shared machine)")
-    write_results(args.out, NAME, findings, runs=results, seconds=seconds, smoke=args.smoke, notes=notes)
-    print_findings(findings)
-    print(f"{NAME}: {seconds:.0f} s wall, {cpu:.0f} s CPU; figure {args.out / (NAME + '.png')}", flush=True)
-    return 0
+    return finish(args, NAME, findings, results, seconds, notes=notes, cpu=cpu)
 
 
 if __name__ == "__main__":

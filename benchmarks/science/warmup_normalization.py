@@ -129,14 +129,14 @@ import torch
 from common import (
     digits,
     finding,
+    finish,
     mse,
     parse_args,
-    print_findings,
     require_matplotlib,
     rounded,
+    save_figure,
     series,
     watched_run,
-    write_results,
 )
 from torch import nn
 
@@ -443,9 +443,7 @@ def figure(settings: Sequence[Setting], summaries: dict[str, dict[str, Any]], pa
     handles, labels = ax_loss.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle("Warmup and normalization at a large learning rate: ReLU MLP on digits, full batch (after Gilmer et al. 2022)")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, rect=(0, 0.06, 1, 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,11 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     findings = run_findings(summaries) + warmup_findings(summaries) + normalization_findings(summaries) + adam_findings(summaries)
     seconds = time.perf_counter() - start
     figure(SETTINGS, summaries, args.out / f"{NAME}.png")
-    write_results(args.out, NAME, findings, runs=summaries, seconds=seconds, smoke=args.smoke,
+    return finish(args, NAME, findings, summaries, seconds,
                   notes=f"r = eta_t*lambda_1/c on the full training set; c = 2 (GD), 38 (Adam, preconditioned). "
                         f"Curvature at steps 1-17, log-spaced to {EARLY}, then every 20. Seed {args.seed}.")
-    print_findings(findings)
-    return 0
 
 
 if __name__ == "__main__":
