@@ -536,7 +536,7 @@ def instrumented(monitor: ew.Monitor | None, watch: Stopwatch | None) -> Any:
         yield
         return
     from edgewatch.hooks import monitor as monitor_module
-    from edgewatch.hooks.probes import curvature as probe_module
+    from edgewatch.hooks.meters import curvature as probe_module
 
     m, hessian = monitor, monitor.curvature.hessian
     m._before_step = watch.wrap("pre-step hook (θ snapshot)", m._before_step)
