@@ -106,6 +106,7 @@ def test_double_backward_asked_for_on_reentrant_checkpointing_says_what_to_use()
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:double backward is unavailable")  # the fallback's notice, checked above
 def test_a_watched_checkpointed_run_is_the_unwatched_run():
     def train(watched: bool):
         model = Checkpointed(reentrant=True, batchnorm=True)
