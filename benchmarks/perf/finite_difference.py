@@ -68,10 +68,8 @@ thread's CPU time is not).
 
 ``--smoke``: tiny models, at most 12 HVPs per solve, T = 16 and 32 (about 11 s of CPU; ``make test``).
 
-Final run (``python benchmarks/perf/finite_difference.py``, 168 s wall, 120 s CPU, 2026-12-07, commit
-9bba23a with another developer's uncommitted split of ``edgewatch/curvature`` in the working tree,
-whose finite-difference code was as described above; load average 2-4 on the 2 shared cores, CPU
-share of the timed children 0.66-0.68, so wall times are ~1.5x CPU times; smoke 8-11 s):
+Final run (``python benchmarks/perf/run_all.py --only finite_difference``, 119 s, 2026-12-07, commit
+5994511, alone on the machine: CPU share of the timed children 1.0; smoke 8-11 s):
 
 * **Accuracy in float32, target λ_1 error <= 1e-4**: met on the tanh MLP (4.7e-7), the BatchNorm
   CNN with GELU and average pooling (7.7e-7) and the transformer (4.2e-7); **MISSED on the BatchNorm
@@ -91,16 +89,18 @@ share of the timed children 0.66-0.68, so wall times are ~1.5x CPU times; smoke 
   error lay in every row. Why: bfloat16's eps 7.8e-3 makes each gradient round at ~0.4% and the
   Krylov vectors live in bfloat16 too; the copy's weights also differ from the float32 model's
   by up to 0.2%.
-* **converged**: True on every row, including those whose residual exceeds λ_1: ``lanczos`` counts a
-  residual at the products' noise floor as converged. Read the residuals, not the flag.
+* **converged**: False on every bfloat16 row and on the ReLU CNN, whose products cannot resolve
+  λ_1 to 10% (``lanczos`` stops at their noise floor, 5ρ > 0.1, without calling it converged; an
+  earlier run of this benchmark found them all marked converged, which is how that rule came to
+  be); True on the smooth float32 and float64 rows.
 * **Cost on the transformer** (137k parameters, 8 rows): finite differences take 4 gradients per
-  product (counted; the operator's first 16), 5.0 / 3.98 gradients of CPU time at T = 64 / 256
-  (the rest is the solver's and the operator's overhead); double backward reusing its graph 2.42 /
-  2.78 gradients under its math kernel (2.64 / 3.85 of the model's own fused-kernel gradient).
-  Finite differences per HVP: **1.73x** double backward's CPU time at T = 64, **1.23x** at T = 256.
-  Memory of a 20-product solve: finite differences 27.2 → 63.4 MiB (2.3x for 4x T), double
-  backward 48.7 → 261.6 MiB (5.4x): **0.56x and 0.24x** of double backward's. One gradient alone:
-  fused kernel 7.8 → 31.9 MiB (4.1x, linear in T), math kernel 9.9 → 73.0 MiB (7.4x, on its way
+  product (counted; the operator's first 16), 4.74 / 4.51 gradients of CPU time at T = 64 / 256
+  (the rest is the solver's and the operator's overhead); double backward reusing its graph 2.31 /
+  3.0 gradients under its math kernel (2.63 / 3.71 of the model's own fused-kernel gradient).
+  Finite differences per HVP: **1.71x** double backward's CPU time at T = 64, **1.11x** at T = 256.
+  Memory of a 20-product solve: finite differences 26.6 → 54.8 MiB (2.1x for 4x T), double
+  backward 47.7 → 269.2 MiB (5.6x): **0.56x and 0.20x** of double backward's. One gradient alone:
+  fused kernel 7.9 → 29.5 MiB (3.7x, linear in T), math kernel 9.9 → 74.4 MiB (7.5x, on its way
   to T²). Kernels seen by the profiler: finite differences ran
   ``aten::_scaled_dot_product_flash_attention_for_cpu`` and its backward, double backward
   ``aten::_scaled_dot_product_attention_math``.
