@@ -39,40 +39,19 @@ def subpackage(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
-def module_level_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
-    """Imports run when the module is imported: top level and plain blocks, not ``if TYPE_CHECKING:``
-    and not inside functions."""
-    found: list = []
-
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                found.append(node)
-            elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
-                visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for handler in node.handlers:
-                    visit(handler.body)
-
-    visit(tree.body)
-    return found
-
-
 def edgewatch_imports():
-    """(importing module, imported module, imported names, at module level) for every import of edgewatch."""
+    """(importing module, imported module, imported names) for every import of edgewatch, wherever
+    it is: at the top, in a function, or for type checking only."""
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         importer = module_name(path)
-        top = {id(node) for node in module_level_imports(tree)}
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "edgewatch":
-                yield importer, node.module, [alias.name for alias in node.names], id(node) in top
+                yield importer, node.module, [alias.name for alias in node.names]
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.split(".")[0] == "edgewatch":
-                        yield importer, alias.name, [], id(node) in top
+                        yield importer, alias.name, []
 
 
 def private(name: str) -> bool:
@@ -81,7 +60,7 @@ def private(name: str) -> bool:
 
 def test_no_private_module_or_name_crosses_a_subpackage_boundary():
     crossing = []
-    for importer, imported, names, _ in edgewatch_imports():
+    for importer, imported, names in edgewatch_imports():
         if subpackage(imported) in (None, subpackage(importer)):
             continue
         if any(private(part) for part in imported.split(".")[1:]) or any(private(name) for name in names):
@@ -91,7 +70,7 @@ def test_no_private_module_or_name_crosses_a_subpackage_boundary():
 
 def test_subpackages_import_only_what_the_layering_allows():
     wrong = []
-    for importer, imported, names, _ in edgewatch_imports():
+    for importer, imported, names in edgewatch_imports():
         source = subpackage(importer)
         target = subpackage(imported)
         if source is None or target in (None, source) or source == "__main__":
@@ -107,7 +86,7 @@ def test_no_two_modules_import_each_other():
     dependency both ways."""
     modules = {module_name(path) for path in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
-    for importer, imported, names, _ in edgewatch_imports():  # function-local and TYPE_CHECKING ones too
+    for importer, imported, names in edgewatch_imports():  # function-local and TYPE_CHECKING ones too
         if importer == imported:
             continue
         # "from package import submodule" imports the submodule; other names come from the package itself.

@@ -45,13 +45,12 @@ from edgewatch.curvature.hvp import (
 )
 from edgewatch.curvature.operator import CHECKPOINTING, CurvatureOperator
 from edgewatch.curvature.probe_set import Batch, LossFn, ParamSpec
-from edgewatch.curvature.sharding import local, sum_over_shards
+from edgewatch.curvature.sharding import local, reshard, sum_over_shards
 from edgewatch.distributed import GroupSpec, max_over_ranks
 
 __all__ = ["HVP_METHODS", "HessianOperator"]
 
 HVP_METHODS = ("double_backward", "forward_over_reverse", "finite_difference")
-
 
 
 class _Choices:
@@ -274,7 +273,7 @@ class HessianOperator(CurvatureOperator):
             gradient = lambda: self._probe_gradient(params)  # noqa: E731
             product = hvp_finite_difference(gradient, params, v, step)
             if self.fd_error is None and step > 0:
-                self.fd_error = self._finite_difference_error(gradient, params, v, product)
+                self.fd_error = self._finite_difference_error(gradient, params, v, product, step)
                 if not self.fd_error <= _FD_UNRELIABLE:
                     warnings.warn(
                         f"finite-difference products of {type(self.model).__name__} err by up to {self.fd_error:.2g} "
@@ -285,7 +284,8 @@ class HessianOperator(CurvatureOperator):
         return product
 
     def _finite_difference_error(
-        self, gradient: GradientFn, params: tuple[Tensor, ...], v: tuple[Tensor, ...], product: tuple[Tensor, ...]
+        self, gradient: GradientFn, params: tuple[Tensor, ...], v: tuple[Tensor, ...], product: tuple[Tensor, ...],
+        step: float,
     ) -> float:
         r"""The larger of :math:`\|R_{2h}(u) - R_h(u)\| / \|R_h(u)\|` for u = v and u = Hv/‖Hv‖.
 
@@ -298,7 +298,7 @@ class HessianOperator(CurvatureOperator):
         along the sharp directions), hence the second vector, one power step from v towards the
         top eigenvectors the solvers look for. Three more products (twelve gradients), once.
         """
-        coarse = hvp_finite_difference(gradient, params, v, 2 * finite_difference_step(params, v, all_sum=self._all_sum))
+        coarse = hvp_finite_difference(gradient, params, v, 2 * step)
         estimates = [_relative_difference(coarse, product, self._all_sum)]
         size = math.sqrt(_squares(product, self._all_sum))
         if size > 0 and math.isfinite(size):
@@ -320,6 +320,7 @@ class HessianOperator(CurvatureOperator):
         undone bit for bit before anyone else runs, and bumping the parameters' versions would make
         a graph the caller built over them (a forward pass awaiting its backward) refuse to run.
         """
+        reshard(self.model)  # FSDP2's root left unsharded by a forward without backward: its shards, please
         named = dict(self.model.named_parameters())
         return tuple(
             local(named[n]).data if named[n].dtype == self._dtype else local(named[n].detach()).to(self._dtype)
@@ -328,7 +329,7 @@ class HessianOperator(CurvatureOperator):
 
     def _probe_gradient(self, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         r""":math:`\nabla L(θ) = \sum_b w_b \nabla \ell(θ; B_b)` at the current contents of ``params``,
-        one batch at a time, into new tensors (``.grad`` untouched); call inside :meth:`_probing`.
+        one batch at a time, into new tensors (the user's ``.grad`` left as it was); call inside :meth:`_probing`.
 
         Buffers are copied anew for every gradient, so that a forward pass writing one cannot
         make the two gradients of a difference see different models. Under FSDP2 and activation
@@ -475,7 +476,8 @@ def _squares(tensors: Sequence[Tensor], all_sum=None) -> float:
     if all_sum is None:
         return sum(float(t.pow(2).sum()) for t in tensors)
     local_sum = sum(t.double().pow(2).sum() for t in tensors)
-    return float(all_sum(torch.as_tensor(local_sum, dtype=torch.float64).reshape(1)))
+    device = tensors[0].device  # the collective's backend (NCCL) reduces on the device only
+    return float(all_sum(torch.as_tensor(local_sum, dtype=torch.float64, device=device).reshape(1)))
 
 
 def _relative_difference(a: Sequence[Tensor], b: Sequence[Tensor], all_sum=None) -> float:

@@ -147,8 +147,8 @@ def finite_difference_step(
     scalar rule :math:`h = c \max(1, |x|)`, so that the step stays above the roundings of θ when
     the weights are large. Scaling by :math:`1 + \|θ\|` instead (as Jacobian-free Newton-Krylov
     methods do, Knoll & Keyes 2004) made the step 4x larger on a digits MLP and the float32 error
-    at its top eigenvector 20x larger (4.5e-4 against 2.3e-5 relative): third derivatives are
-    largest along the sharp directions. Returns 0 for v = 0. ``all_sum`` sums local sums over
+    at its top eigenvector 20x larger (4.5e-4 against 2.3e-5 relative): the third derivatives of
+    the gradient are largest along the sharp directions. Returns 0 for v = 0. ``all_sum`` sums local sums over
     the ranks when ``params`` and ``v`` are shards of the whole vectors (FSDP2).
 
     >>> f"{finite_difference_step((torch.zeros(2, dtype=torch.float64),), (torch.ones(1, dtype=torch.float64),)):.2e}"
@@ -160,7 +160,8 @@ def finite_difference_step(
         rms, size = _norm(params) / math.sqrt(max(count, 1)), _norm(v)
     else:  # θ and v sharded over ranks: the norms and the count of the whole vectors
         local_sums = [sum(t.double().pow(2).sum() for t in tensors) for tensors in (params, v)]
-        totals = all_sum(torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in (*local_sums, count)]))
+        device = params[0].device  # the collective's backend (NCCL) reduces on the device only
+        totals = all_sum(torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device) for x in (*local_sums, count)]))
         squares, squares_v, count = totals.tolist()
         rms, size = math.sqrt(squares / max(count, 1)), math.sqrt(squares_v)
     return 0.0 if size == 0 else 0.5 * eps ** (1 / 3) * (1 + rms) / size

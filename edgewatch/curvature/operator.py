@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,9 @@ from edgewatch.curvature.probe_set import (
 )
 from edgewatch.curvature.sharding import fsdp_group, local, reshard
 from edgewatch.distributed import AgreedReduction, GroupSpec, probe_group
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["CHECKPOINTING", "CurvatureOperator"]
 
@@ -86,8 +90,10 @@ class CurvatureOperator:
     dtype, and under the model's FSDP mixed-precision policy if it has one.
 
     Args:
-        model: the network being trained. It is never modified: probes differentiate detached
-            copies of its parameters and pass copies of its buffers.
+        model: the network being trained. It is left as it was: probes differentiate detached
+            copies of its parameters and pass copies of its buffers, or, where they shift the
+            parameters or run the model's own backward (finite differences, FSDP2, activation
+            checkpointing), restore parameters, ``.grad`` and buffers bit for bit afterwards.
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``, the training loss on one batch.
         probe: a list of batches, fixed for the life of the operator. Tensors in a batch (at any
             depth of tuples, lists and dicts) are moved to the model's device once, and floating
@@ -141,6 +147,7 @@ class CurvatureOperator:
         check_seed(seed)
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch floating dtype such as torch.float64, or None, got {dtype!r}")
+        reshard(model)  # a forward without backward leaves FSDP2's root unsharded: read the sharded parameters
         shard_group = fsdp_group(model)
         model = unwrap_model(model)
         self.model = model
@@ -153,7 +160,7 @@ class CurvatureOperator:
         self._numels = tuple(local(p).numel() for p in selected)
         self._size = sum(p.numel() for p in selected)
         if shard_group is not None:
-            dtype = _sharded_dtype(selected, dtype, process_group)
+            dtype = _sharded_dtype(selected, dtype, process_group, shard_group)
         self._dtype = dtype if dtype is not None else default_dtype(model)
         if not self._dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating dtype, got {self._dtype}")
@@ -519,12 +526,15 @@ class CurvatureOperator:
         return tuple(outside_inference_mode(t.to(device=self._device, dtype=self._dtype)) for t in v)
 
 
-def _sharded_dtype(params: Sequence[Tensor], dtype: torch.dtype | None, process_group: GroupSpec) -> torch.dtype:
+def _sharded_dtype(
+    params: Sequence[Tensor], dtype: torch.dtype | None, process_group: GroupSpec, shard_group: ProcessGroup
+) -> torch.dtype:
     """The probe dtype of an FSDP2 model: its parameters' own (a sharded model cannot be cast for a
     probe), over the ranks of its mesh."""
     own = params[0].dtype
     if dtype is not None and dtype != own:
         raise ValueError(f"an FSDP2 model is probed in its parameters' dtype ({own}), got dtype={dtype}")
-    if process_group is False:  # its passes communicate over the mesh whatever the probe says
+    # Its passes communicate over the mesh whatever the probe says (a mesh of one rank is alone anyway).
+    if process_group is False and torch.distributed.get_world_size(shard_group) > 1:
         raise ValueError("an FSDP2 model's probe spans its device mesh: process_group=False cannot keep a rank to itself")
     return own

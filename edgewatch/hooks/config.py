@@ -27,7 +27,7 @@ def check_relative(name: str, value: Any, fix: str) -> float:
     return float(value)
 
 
-def check_curvature_settings(k: Any = 1, tol: Any = 1e-3, max_hvps: Any = 100) -> None:
+def check_curvature_settings(k: Any, tol: Any, max_hvps: Any) -> None:
     """Lanczos' settings: ``k ≥ 1`` eigenvalues, a relative residual ``tol`` in (0, 1), and a budget
     of at least ``k`` products (a Krylov space of dimension m holds at most m Ritz pairs)."""
     check_count("k", k, fix="the number of top eigenvalues to report, e.g. k=1")
@@ -35,7 +35,6 @@ def check_curvature_settings(k: Any = 1, tol: Any = 1e-3, max_hvps: Any = 100) -
     check_count("max_hvps", max_hvps, fix="the Hessian-vector products one solve may spend, e.g. max_hvps=100")
     if max_hvps < k:
         raise ValueError(f"max_hvps={max_hvps} is below k={k}: Lanczos needs at least k products; raise max_hvps or lower k")
-
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,10 @@ An adapter registered later is used from the next probe on.
 
 Under ``torch.distributed`` each rank passes its own probe shard; every product and the gradient
 are all-reduced (:mod:`edgewatch.distributed`) and the logit statistics gathered once, so every
-rank computes the same numbers, those of the union of the shards. A probe that fails on one rank
-fails on every rank at the same point, so none is left waiting in a collective.
+rank computes the same numbers, those of the union of the shards. Under DDP a probe that fails on
+one rank fails on every rank at the same point, so none is left waiting in a collective. Under FSDP2
+a failure inside the model's own sharded passes on one rank is not agreed: the others wait in FSDP's
+collectives until the process group's timeout.
 
 References:
     Gur-Ari, Roberts, Dyer 2018, Gradient Descent Happens in a Tiny Subspace, https://arxiv.org/abs/1812.04754
@@ -212,7 +214,9 @@ class CurvatureMeter:
             return {}
         # The threshold is c/η for the reference η (the first group that moves), stated beside it.
         metrics: dict[str, Tensor | float] = {names.THRESHOLD: info.threshold, names.REFERENCE_LR: info.lr}
-        if operator.shift is None and bool((operator.scale == 1).all()):
+        # Agreed over the shards (FSDP2): a rank may hold no entry at all, and every rank must take the same branch.
+        plain = (operator.scale != 1).any().double().reshape(1)
+        if operator.shift is None and not bool(sum_over_shards(self.hessian, plain)):
             if top is None:
                 return metrics
             sharpness = top.eigenvalues[0].item()  # S = I: the same operator

@@ -314,7 +314,8 @@ def adam_epsilon_fraction(optimizer: torch.optim.Optimizer, shards: object = Non
         total += sum(local(state[moment]).numel() for state in states)
     if shards is None:
         return torch.stack(below).sum() / total if total else None
-    counts = torch.stack([torch.stack(below).sum().double() if below else torch.zeros((), dtype=torch.float64),
-                          torch.tensor(float(total), dtype=torch.float64)])
+    device = next(p.device for group in optimizer.param_groups for p in group["params"])  # the collective's
+    counts = torch.stack([torch.stack(below).sum().double().to(device) if below else torch.zeros((), dtype=torch.float64, device=device),
+                          torch.tensor(float(total), dtype=torch.float64, device=device)])
     torch.distributed.all_reduce(counts, group=shards)
     return counts[0] / counts[1] if counts[1] > 0 else None
