@@ -182,6 +182,8 @@ class CurvatureOperator:
         self.native_gradients = shard_group is not None
         self._functional_proven = False  # a functional pass has run through (see _buffers_kept_until_proven)
         self._rank_weight, self._sharded_passes = 1.0, len(self.probe)
+        #: True during a pass that only keeps FSDP2's collectives in step (a repeated batch, weight 0).
+        self.padding_pass = False
         if shard_group is not None:  # FSDP2 averages the ranks' gradients: weight each by its share
             total = torch.tensor([self._local_total], dtype=torch.float64, device=self._device)
             torch.distributed.all_reduce(total, group=shard_group)
@@ -364,7 +366,8 @@ class CurvatureOperator:
             for p in trainable:
                 p.grad = None
             loss = torch.zeros((), dtype=torch.float64, device=self._device)
-            for index, weight in self._sharded_batches():
+            for index, weight, padding in self._sharded_batches():
+                self.padding_pass = padding
                 seed_probe(self._device, self.seed + index)
                 batch_loss = self.loss_fn(self.model, self.probe[index])
                 check_scalar_loss(batch_loss, index)
@@ -377,6 +380,7 @@ class CurvatureOperator:
                 for grad, shape in zip(grads, self._shapes)
             )
         finally:
+            self.padding_pass = False
             reshard(self.model)
             for p, grad in zip(trainable, set_aside):
                 p.grad = grad
@@ -389,11 +393,11 @@ class CurvatureOperator:
         torch.distributed.all_reduce(loss, group=self.shard_group)
         return (loss / self._union_total).to(self._dtype), gradient
 
-    def _sharded_batches(self) -> list[tuple[int, float]]:
-        """(batch, weight) for each pass of :meth:`_native_loss_and_gradient`: under FSDP2 every rank
-        runs as many, a rank with fewer probe batches than another repeating its first with weight
-        0, so that the collectives match up."""
-        return [(i, self.weights[i]) if i < len(self.probe) else (0, 0.0) for i in range(self._sharded_passes)]
+    def _sharded_batches(self) -> list[tuple[int, float, bool]]:
+        """(batch, weight, padding) for each pass of :meth:`_native_loss_and_gradient`: under FSDP2
+        every rank runs as many, a rank with fewer probe batches than another repeating its first
+        with weight 0 (a padding pass), so that the collectives match up."""
+        return [(i, self.weights[i], False) if i < len(self.probe) else (0, 0.0, True) for i in range(self._sharded_passes)]
 
     def batch_loss(self, index: int) -> Tensor:
         """ℓ(θ; B_index) at the current θ, without gradients: whether a probe batch fits the model.

@@ -126,8 +126,10 @@ def train_on_budget(rank: int, runs_root: str) -> dict:
         monitor.observe(loss)
         optimizer.step()
     monitor.close()
+    log_z = monitor.history["logits/log_z_mean"]
     return {"curvature_steps": list(monitor.history["curvature/lambda_max"].steps),
-            "events": [(e.kind, e.step) for e in monitor.events], "logits": "logits/max" in monitor.latest}
+            "events": [(e.kind, e.step) for e in monitor.events], "logits": "logits/max" in monitor.latest,
+            "log_z_mean_0": float(log_z.values[0]) if log_z.steps[0] == 0 else None}
 
 
 def _worker(rank: int, world_size: int, out: str) -> None:
@@ -153,6 +155,21 @@ def test_at_its_defaults_the_monitor_agrees_across_ranks_and_rank_0_logs(ranks):
     assert len(ranks[0]["runs"]) == 1  # one run directory, rank 0's
     steps = [record["step"] for record in read_jsonl(ranks[0]["runs"][0] / "metrics.jsonl")]
     assert steps[0] == 0
+
+
+def test_logit_statistics_are_those_of_the_union_batches(ranks):
+    """Rank 1 holds one probe batch to rank 0's two, and runs a padding pass to keep FSDP2's
+    collectives in step: that pass is not a batch of the probe, and the mean log Z leaves it out."""
+    from edgewatch.hooks.meters.logits import LogitRecorder
+
+    net = model()
+    recorder = LogitRecorder(net)
+    with torch.no_grad(), recorder.recording():
+        for batch in union():
+            net(batch[0])
+    expected = float(recorder.metrics()["logits/log_z_mean"])
+    for result in ranks:
+        assert result["budget"]["log_z_mean_0"] == pytest.approx(expected, rel=1e-5)
 
 
 def whole(parts_by_rank: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:

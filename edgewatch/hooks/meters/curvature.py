@@ -118,7 +118,7 @@ class CurvatureMeter:
         self._warned_unadapted = False
         self._slices = self.hessian.parameter_slices()
         self._module_key = module_key(self.hessian.model, module_metrics)
-        self.logits = LogitRecorder(self.hessian.model)
+        self.logits = LogitRecorder(self.hessian.model, skip=lambda: self.hessian.padding_pass)
 
     def measure(self, streamed: bool = False, escalate: bool = True) -> dict[str, Tensor | float]:
         """One probe: every curvature metric (``curvature/...``, ``grad/probe_norm``, logits);

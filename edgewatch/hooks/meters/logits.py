@@ -32,7 +32,7 @@ import contextlib
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -75,8 +75,12 @@ class LogitRecorder:
     batches), with one all-gather.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, skip: Callable[[], bool] = lambda: False) -> None:
+        """Record ``model``'s forward passes, except those run while ``skip()`` is true (the padding
+        passes an FSDP2 rank with fewer probe batches runs to match the others' collectives)."""
         self.model = model
+        self._skip = skip
+        self._skipping = False
         self._outputs: list[dict[str, Tensor]] = []
         self._attention: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}  # calling module -> per batch
         self._running: list[str] = []  # the model's modules whose forward is running, innermost last
@@ -149,6 +153,7 @@ class LogitRecorder:
     # -- what is recorded ---------------------------------------------------------------------
     def _new_forward(self, module: nn.Module, args: Any) -> None:
         self._running, self._calls = [], {}  # (a forward that raised left its modules behind)
+        self._skipping = self._skip()
 
     def _enter(self, path: str):
         def entered(module: nn.Module, args: Any) -> None:
@@ -161,6 +166,8 @@ class LogitRecorder:
             self._running.pop()
 
     def _record_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._skipping:
+            return
         logits = _find_logits(output)
         if logits is not None and logits.is_floating_point() and logits.ndim >= 2:
             self._outputs.append(output_logit_metrics(logits))
@@ -246,6 +253,9 @@ class LogitRecorder:
     def _record_scores(self, query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None) -> None:
         if not self._running:
             return  # no module of the model is running: another model's attention
+        if self._skipping:
+            self._seen += 1  # seen, so not reported as attention edgewatch cannot read
+            return
         module = self._running[-1]
         count = self._calls[module] = self._calls.get(module, 0) + 1
         caller = module if count == 1 else f"{module}-{count}"
