@@ -43,6 +43,7 @@ from edgewatch.curvature.hvp import (
     hvp_forward_over_reverse,
     require_graph,
 )
+from edgewatch.curvature.noise import finite_difference_floor, resolves
 from edgewatch.curvature.operator import CHECKPOINTING, CurvatureOperator
 from edgewatch.curvature.probe_set import Batch, LossFn, ParamSpec
 from edgewatch.curvature.sharding import local, reshard, sum_over_shards
@@ -99,8 +100,6 @@ _AUTO_MARGIN = 0.15
 _AUTO_REPEATS = 3
 # Whether "auto" measures on the CPU with the graph reused (a test switch: it never pays there).
 _AUTO_TIMES_CPU = False
-# An fd_error above this makes the products useless for eigenvalues (warned once per operator).
-_FD_UNRELIABLE = 0.02
 # What autograd says when a model's backward cannot itself be differentiated (a kernel without a
 # double-backward formula). A custom Function marked once_differentiable says nothing in torch 2.13:
 # its double-backward products are silently wrong (58% on a digits MLP), so nothing falls back.
@@ -274,7 +273,7 @@ class HessianOperator(CurvatureOperator):
             product = hvp_finite_difference(gradient, params, v, step)
             if self.fd_error is None and step > 0:
                 self.fd_error = self._finite_difference_error(gradient, params, v, product, step)
-                if not self.fd_error <= _FD_UNRELIABLE:
+                if not resolves(finite_difference_floor(self)):  # the solves on these products cannot converge
                     warnings.warn(
                         f"finite-difference products of {type(self.model).__name__} err by up to {self.fd_error:.2g} "
                         "(op.fd_error): the loss has kinks at the step's scale (ReLU, max-pool) or the dtype is too "

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from edgewatch.curvature._krylov import LanczosProcess
 from edgewatch.curvature.linear import LinearOperator, solver
-from edgewatch.curvature.noise import hvp_noise
+from edgewatch.curvature.noise import hvp_noise, resolves
 from edgewatch.curvature.sharding import all_finite, column_norms, local_length, norm
 
 __all__ = ["EigenResult", "WHICH", "lanczos"]
@@ -40,8 +40,6 @@ WHICH = ("LA", "SA", "LM", "BE")
 
 # Relative weight of the random vector mixed into a warm start.
 _WARM_NOISE = 1e-2
-# The coarsest relative resolution of the products (5 times their noise level) a solve may call converged.
-_RESOLVED = 0.1
 
 
 class EigenResult(NamedTuple):
@@ -174,10 +172,10 @@ def lanczos(
         floor = level * np.abs(theta).max()
         residuals = all_residuals[chosen] + floor
         bar = np.maximum(tol * np.abs(theta[chosen]), 5 * floor)
-        # Products too noisy to resolve the top eigenvalue to _RESOLVED (finite differences through
+        # Products too noisy to resolve the top eigenvalue to RESOLUTION (finite differences through
         # ReLU kinks, or in bfloat16) stop the solve at their floor, which no HVP improves on, but
         # are not called converged: the residual says how little is known.
-        resolved = 5 * level <= _RESOLVED
+        resolved = resolves(level)
         met = process.size >= k and bool(np.all(residuals <= bar))
         converged = False
         if verifying_from is not None:

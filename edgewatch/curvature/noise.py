@@ -53,7 +53,7 @@ import torch
 from edgewatch.curvature.linear import LinearOperator
 from edgewatch.curvature.sharding import local_length, norm
 
-__all__ = ["hvp_noise"]
+__all__ = ["RESOLUTION", "finite_difference_floor", "hvp_noise", "resolves"]
 
 # Innermost operator -> {types of the wrappers around it: ρ}. Weak keys: a level dies with its
 # operator, and an operator made anew (a new model, a new probe set) is measured anew.
@@ -67,6 +67,15 @@ _SAFETY = 2.0
 # Seed of the measurement vector: fixed, so that every rank of a process group and every rerun
 # measures the same vector.
 _SEED = 15
+#: The coarsest relative resolution of eigenvalues (5 times the products' noise level) a solve may
+#: call converged.
+RESOLUTION = 0.1
+
+
+def resolves(level: float) -> bool:
+    """Whether products with noise level ``level`` (:func:`hvp_noise`) resolve eigenvalues to
+    :data:`RESOLUTION`: a residual at 5 times the level is where a solve stops improving."""
+    return 5 * level <= RESOLUTION
 
 
 def hvp_noise(op: LinearOperator, *, refresh: bool = False) -> float:
@@ -107,7 +116,7 @@ def hvp_noise(op: LinearOperator, *, refresh: bool = False) -> float:
         if level is not None:
             return level
     level, finite = _measure(op)
-    level = max(level, _finite_difference_floor(inner))
+    level = max(level, finite_difference_floor(inner))
     if finite:
         try:
             _LEVELS.setdefault(inner, {})[wrappers] = level
@@ -116,7 +125,7 @@ def hvp_noise(op: LinearOperator, *, refresh: bool = False) -> float:
     return level
 
 
-def _finite_difference_floor(op: object) -> float:
+def finite_difference_floor(op: object) -> float:
     """``_SAFETY`` times the relative error a finite-difference operator measured, else 0."""
     error = getattr(op, "fd_error", None)
     return _SAFETY * error if isinstance(error, float) and math.isfinite(error) else 0.0
