@@ -192,20 +192,21 @@ def windows(data: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, tor
 class Block(nn.Module):
     """Pre-LayerNorm block, no biases; ``qk_norm``: LayerNorm on each head's q and k before the dot product."""
 
-    def __init__(self, qk_norm: bool) -> None:
+    def __init__(self, qk_norm: bool, width: int = WIDTH, heads: int = HEADS) -> None:
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
-        self.qkv = nn.Linear(WIDTH, 3 * WIDTH, bias=False)
-        self.proj = nn.Linear(WIDTH, WIDTH, bias=False)
-        self.up = nn.Linear(WIDTH, 4 * WIDTH, bias=False)
-        self.down = nn.Linear(4 * WIDTH, WIDTH, bias=False)
-        head_dim = WIDTH // HEADS
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width, bias=False)
+        self.up = nn.Linear(width, 4 * width, bias=False)
+        self.down = nn.Linear(4 * width, width, bias=False)
+        head_dim = width // heads
         self.q_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(head_dim) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, HEADS, width // HEADS).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         # Looked up on F at call time: the Monitor's logit probe wraps it to read q and k.
         attended = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, is_causal=True)
         x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
@@ -215,14 +216,14 @@ class Block(nn.Module):
 class ByteTransformer(nn.Module):
     """A causal byte-level language model; weights N(0, 1/fan_in) as in the paper, embeddings N(0, 1)."""
 
-    def __init__(self, qk_norm: bool, seed: int) -> None:
+    def __init__(self, qk_norm: bool, seed: int, width: int = WIDTH, heads: int = HEADS) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.embed = nn.Embedding(VOCAB, WIDTH)
-        self.position = nn.Parameter(torch.randn(CONTEXT, WIDTH))
-        self.blocks = nn.ModuleList(Block(qk_norm) for _ in range(LAYERS))
-        self.norm = nn.LayerNorm(WIDTH)
-        self.head = nn.Linear(WIDTH, VOCAB, bias=False)
+        self.embed = nn.Embedding(VOCAB, width)
+        self.position = nn.Parameter(torch.randn(CONTEXT, width))
+        self.blocks = nn.ModuleList(Block(qk_norm, width, heads) for _ in range(LAYERS))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, VOCAB, bias=False)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=module.in_features ** -0.5)

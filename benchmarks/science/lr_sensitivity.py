@@ -118,8 +118,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from attention_logits import language_model_loss, stdlib_bytes, windows
+from attention_logits import ByteTransformer, language_model_loss, stdlib_bytes, windows
 from common import (
     finding,
     finish,
@@ -130,7 +129,6 @@ from common import (
     series,
     watched_run,
 )
-from torch import nn
 
 import edgewatch as ew
 
@@ -204,56 +202,11 @@ class Setting:
         return " ".join(parts)
 
 
-# -- the model -------------------------------------------------------------------------------------
-class Block(nn.Module):
-    """Pre-LayerNorm block, no biases; ``qk_norm``: LayerNorm on each head's q and k before the dot product."""
-
-    def __init__(self, width: int, qk_norm: bool) -> None:
-        super().__init__()
-        self.heads = width // HEAD_DIM
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
-        self.proj = nn.Linear(width, width, bias=False)
-        self.up = nn.Linear(width, 4 * width, bias=False)
-        self.down = nn.Linear(4 * width, width, bias=False)
-        self.q_norm = nn.LayerNorm(HEAD_DIM) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(HEAD_DIM) if qk_norm else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, HEAD_DIM).permute(2, 0, 3, 1, 4)
-        # Looked up on F at call time: the Monitor's logit probe wraps it to read q and k.
-        attended = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, is_causal=True)
-        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
-        return x + self.down(F.gelu(self.up(self.norm2(x))))
-
-
-class ByteTransformer(nn.Module):
-    """A causal byte-level language model; weights N(0, 1/fan_in) as in the paper, embeddings N(0, 1)."""
-
-    def __init__(self, width: int, qk_norm: bool, seed: int) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(VOCAB, width)
-        self.position = nn.Parameter(torch.randn(CONTEXT, width))
-        self.blocks = nn.ModuleList(Block(width, qk_norm) for _ in range(LAYERS))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, VOCAB, bias=False)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=module.in_features ** -0.5)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.position[: tokens.shape[1]]
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))  # (batch, T, VOCAB)
-
-
 # -- one run ---------------------------------------------------------------------------------------
 def train(setting: Setting, data: torch.Tensor, probe: list, steps: int, schedule: ew.Schedule, seed: int,
           run_dir: Path) -> dict[str, Any]:
-    model = ByteTransformer(setting.width, setting.qk_norm, seed)  # the same init for every lr and z-loss
+    # the same init for every lr and z-loss; heads of HEAD_DIM, so wider means more heads
+    model = ByteTransformer(setting.qk_norm, seed, width=setting.width, heads=setting.width // HEAD_DIM)
     optimizer = torch.optim.AdamW(model.parameters(), lr=setting.lr, betas=BETAS, eps=1e-8,
                                   weight_decay=setting.weight_decay / setting.lr)
     warmup = max(1, round(WARMUP_FRACTION * steps))
