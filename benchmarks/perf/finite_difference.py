@@ -32,7 +32,8 @@ Two parts, one table each, JSON in ``<out>/finite_difference.json``:
    linear 256→32→10 on 128 digits (9,850; the kinks above); ``cnn_bn_gelu``, the same with GELU
    and average pooling (smooth); ``transformer``, a 2-layer pre-LayerNorm causal transformer
    (d=64, 4 heads, 137,216 parameters) calling ``F.scaled_dot_product_attention`` with no kernel
-   pinned (workloads.py's transformer pins the math kernel), on 8 x 64 bytes of the standard
+   pinned (workloads.py's transformer with ``pin_math=False``; the other benchmarks pin the math
+   kernel), on 8 x 64 bytes of the standard
    library's source. Truth: ``lanczos(k=5, tol=1e-10)`` by double backward on a float64 copy.
    Under test: ``lanczos(k=5, tol=1e-6, max_hvps=300)`` by finite differences in float32 (the
    model itself), in bfloat16 (a bfloat16 copy and ``dtype=torch.bfloat16``), in float64 (to tell
@@ -131,7 +132,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -142,7 +142,10 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # workloads.py and costs.py sit beside this file
     sys.path.insert(0, str(HERE))
 from costs import _reset_peak, _status_kib, forked, table  # noqa: E402
-from workloads import _digits, _stdlib_tokens, _windows, build, cross_entropy, loadavg, machine, num_parameters, single_thread  # noqa: E402
+from workloads import (  # noqa: E402
+    CausalTransformer, _digits, _stdlib_tokens, _windows, build, cross_entropy, loadavg, machine, num_parameters,
+    single_thread,
+)
 
 NAME = "finite_difference"
 DEFAULT_OUT = Path(__file__).parents[1] / "results" / "perf"
@@ -179,44 +182,12 @@ def cnn_bn(c1: int, c2: int, hidden: int, smooth: bool) -> nn.Sequential:
     )
 
 
-class Block(nn.Module):
-    """Pre-LayerNorm causal self-attention through F.scaled_dot_product_attention with whatever
-    kernel the caller's context allows (workloads.Block pins the math kernel; this one does not),
-    then a GELU MLP."""
-
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape
-        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(self.ln1(x)).chunk(3, -1))
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(attended.transpose(1, 2).reshape(b, t, -1))
-        return x + self.mlp(self.ln2(x))
-
-
-class Transformer(nn.Module):
-    """Byte-level causal transformer, tokens ``(B, T)`` -> logits ``(B, T, 256)``."""
-
-    def __init__(self, d: int, layers: int, heads: int, seq: int, vocab: int = 256) -> None:
-        super().__init__()
-        self.embed, self.pos = nn.Embedding(vocab, d), nn.Parameter(0.02 * torch.randn(seq, d))
-        self.blocks = nn.Sequential(*(Block(d, heads) for _ in range(layers)))
-        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.head(self.ln(self.blocks(self.embed(tokens) + self.pos[: tokens.shape[1]])))
-
-
 def transformer(smoke: bool, seq: int | None = None) -> tuple[nn.Module, Batch]:
     size = dict(SIZES["transformer"][1 if smoke else 0])
     seq = seq or size["seq"]
     torch.manual_seed(0)
-    model = Transformer(size["d"], size["layers"], size["heads"], seq)
+    # workloads' transformer with attention left to the caller's kernel (not pinned to math)
+    model = CausalTransformer(d=size["d"], layers=size["layers"], heads=size["heads"], seq=seq, pin_math=False)
     return model, _windows(_stdlib_tokens(), size["rows"], seq, seed=1)
 
 

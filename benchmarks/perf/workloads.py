@@ -130,11 +130,12 @@ def _cnn(c1: int, c2: int, hidden: int) -> nn.Sequential:
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm causal self-attention and a GELU MLP."""
+    """Pre-LayerNorm causal self-attention and a GELU MLP; ``pin_math``: attention under the math
+    kernel whatever the caller's context allows."""
 
-    def __init__(self, d: int, heads: int) -> None:
+    def __init__(self, d: int, heads: int, pin_math: bool = True) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.pin_math = heads, pin_math
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -142,9 +143,9 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
         q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(self.ln1(x)).chunk(3, -1))
-        # The math kernel always: the fused CPU kernels have neither double backward nor
+        # The math kernel by default: the fused CPU kernels have neither double backward nor
         # forward-mode AD, and peers do not switch backends themselves.
-        with sdpa_kernel([SDPBackend.MATH]):
+        with sdpa_kernel([SDPBackend.MATH]) if self.pin_math else contextlib.nullcontext():
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(attended.transpose(1, 2).reshape(b, t, -1))
         return x + self.mlp(self.ln2(x))
@@ -153,10 +154,11 @@ class Block(nn.Module):
 class CausalTransformer(nn.Module):
     """Byte-level causal transformer: tokens ``(B, T)`` -> logits ``(B, T, vocab)``."""
 
-    def __init__(self, vocab: int = 256, d: int = 128, layers: int = 2, heads: int = 4, seq: int = 64) -> None:
+    def __init__(self, vocab: int = 256, d: int = 128, layers: int = 2, heads: int = 4, seq: int = 64,
+                 pin_math: bool = True) -> None:
         super().__init__()
         self.embed, self.pos = nn.Embedding(vocab, d), nn.Parameter(0.02 * torch.randn(seq, d))
-        self.blocks = nn.Sequential(*(Block(d, heads) for _ in range(layers)))
+        self.blocks = nn.Sequential(*(Block(d, heads, pin_math) for _ in range(layers)))
         self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
 
     def forward(self, tokens: Tensor) -> Tensor:
